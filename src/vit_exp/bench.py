@@ -1,0 +1,196 @@
+"""Throughput benchmark: ours and timm's same architecture, side by side in one run.
+
+    python -m vit_exp.bench --model vit_base_patch16_224 --batch-size 128 --precision bf16 --compile
+
+Prints, for each implementation: training images/s (forward + backward + AdamW step), inference images/s,
+peak device memory, and model-FLOPs utilisation (MFU: model FLOPs per second over the device's peak).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from vit_exp.models import create_model, get_pretrained_cfg
+
+# Dense peak TFLOP/s by device-name substring, for MFU (vendor data sheets, SXM parts, no sparsity).
+PEAK_TFLOPS = {
+    "H200": {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0},
+    "H100": {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0},
+    "A100": {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5},
+    "L4": {"bf16": 121.0, "fp16": 121.0, "fp32": 30.3},
+}
+TIMM_NAMES = {"vit_base_resnet50_384": "vit_base_r50_s16_384", "vit_small_augreg_patch16_224": "vit_small_patch16_224"}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Result:
+    impl: str
+    train_ips: float
+    infer_ips: float
+    peak_mem_gib: float | None
+    train_mfu: float | None
+
+
+def model_flops_per_image(model: nn.Module, img_size: int) -> float:
+    """Forward FLOPs of one image, counted by torch's FLOP counter (matmuls, convs, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 3, img_size, img_size, device="meta")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return float(counter.get_total_flops())
+
+
+def peak_tflops(device: torch.device, precision: str, override: float | None) -> float | None:
+    if override:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v[precision] for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def _timed(step: Callable[[], None], device: torch.device, warmup: int, iters: int) -> float:
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+@dataclass
+class Bench:
+    """One implementation, ready to time: its train and inference steps."""
+
+    impl: str
+    train_step: Callable[[], None]
+    infer_step: Callable[[], None]
+    model: nn.Module
+
+
+def prepare(impl: str, build: Callable[[], nn.Module], args: argparse.Namespace, device: torch.device) -> Bench:
+    torch.manual_seed(0)
+    model = build().to(device)
+    # Mixed precision as Lightning's "bf16-mixed": fp32 master weights, autocast compute.
+    dtype = DTYPES[args.precision]
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    fwd = torch.compile(model) if args.compile else model
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
+    y = torch.randint(0, 1000, (args.batch_size,), device=device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
+
+    def train_step() -> None:
+        model.train()
+        with autocast:
+            loss = nn.functional.cross_entropy(fwd(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+
+    def infer_step() -> None:
+        model.eval()
+        with torch.inference_mode(), autocast:
+            fwd(x)
+
+    return Bench(impl, train_step, infer_step, model)
+
+
+def measure(benches: list[Bench], args: argparse.Namespace, device: torch.device, flops: float, peak: float | None) -> list[Result]:
+    """Time the implementations in alternation, ``args.rounds`` times, and keep each one's median.
+
+    Alternating spreads slow phases of a shared machine over both implementations instead of one.
+    """
+    n = args.batch_size * args.iters
+    train: dict[str, list[float]] = {b.impl: [] for b in benches}
+    infer: dict[str, list[float]] = {b.impl: [] for b in benches}
+    mem: dict[str, float | None] = {}
+    for b in benches:  # warm-up (and compilation) outside the timed rounds
+        _timed(b.train_step, device, args.warmup, 0)
+        _timed(b.infer_step, device, args.warmup, 0)
+    for _ in range(args.rounds):
+        for b in benches:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            train[b.impl].append(n / _timed(b.train_step, device, 0, args.iters))
+            mem[b.impl] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+            infer[b.impl].append(n / _timed(b.infer_step, device, 0, args.iters))
+    results = []
+    for b in benches:
+        t, i = statistics.median(train[b.impl]), statistics.median(infer[b.impl])
+        mfu = 3 * flops * t / (peak * 1e12) if peak else None  # backward = 2x forward
+        results.append(Result(b.impl, t, i, mem[b.impl], mfu))
+    return results
+
+
+def main(argv: list[str] | None = None) -> list[Result]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="vit_base_patch16_224")
+    p.add_argument("--batch-size", type=int, default=None, help="default: 128 on GPU, 8 on CPU")
+    p.add_argument("--img-size", type=int, default=None, help="default: the variant's")
+    p.add_argument("--precision", choices=list(DTYPES), default=None, help="default: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--compile", action="store_true", help="torch.compile both implementations")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=10, help="steps per timed round")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU, if not in the table")
+    p.add_argument("--no-timm", action="store_true", help="skip the timm reference")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    args.batch_size = args.batch_size or (128 if device.type == "cuda" else 8)
+    args.precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    args.img_size = args.img_size or get_pretrained_cfg(args.model).img_size
+    ours = lambda: create_model(args.model, img_size=args.img_size)  # noqa: E731
+    with torch.device("meta"):  # shapes only
+        flops = model_flops_per_image(create_model(args.model, img_size=args.img_size), args.img_size)
+    peak = peak_tflops(device, args.precision, args.peak_tflops)
+    impls = [("vit_exp", ours)]
+    if not args.no_timm:
+        try:
+            import timm
+
+            name = TIMM_NAMES.get(args.model, args.model)
+            impls.append((f"timm {timm.__version__}", lambda: timm.create_model(name, img_size=args.img_size)))
+        except ImportError:
+            print("timm is not installed: showing vit_exp only (pip install timm)")
+
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(
+        f"{args.model} @ {args.img_size}, batch {args.batch_size}, {args.precision}, "
+        f"compile={args.compile}, {dev_name}, torch {torch.__version__}"
+    )
+    print(f"model FLOPs: {flops / 1e9:.2f} GFLOPs/image forward; peak: {f'{peak:.0f} TFLOP/s' if peak else 'unknown'}")
+    results = measure([prepare(name, build, args, device) for name, build in impls], args, device, flops, peak)
+    print(f"{'impl':<14}{'train img/s':>13}{'infer img/s':>13}{'peak mem':>11}{'train MFU':>11}")
+    for r in results:
+        mem = f"{r.peak_mem_gib:.2f} GiB" if r.peak_mem_gib is not None else "-"
+        mfu = f"{100 * r.train_mfu:.1f}%" if r.train_mfu is not None else "-"
+        print(f"{r.impl:<14}{r.train_ips:>13.1f}{r.infer_ips:>13.1f}{mem:>11}{mfu:>11}")
+    if len(results) == 2:
+        a, b = results
+        print(f"vit_exp / timm: train {a.train_ips / b.train_ips:.3f}x, infer {a.infer_ips / b.infer_ips:.3f}x")
+    return results
+
+
+if __name__ == "__main__":
+    main()
