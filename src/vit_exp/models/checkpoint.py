@@ -9,6 +9,7 @@ state dict by a pure function; ``adapt_state_dict`` then fits it to the model (r
 from __future__ import annotations
 
 import hashlib
+import math
 import logging
 import re
 import warnings
@@ -211,8 +212,10 @@ def adapt_state_dict(
         pe = sd["pos_embed"]
         if pe.ndim == 2:
             pe = pe.unsqueeze(0)
-        prefix = model.num_prefix_tokens if pe.shape[1] - model.num_prefix_tokens > 0 else 0
-        new = resample_pos_embed(pe, model.grid_size, prefix, interpolation, antialias)
+        # A square token count has no class-token entry (big_vision "gap" models); otherwise one does.
+        ckpt_prefix = 0 if math.isqrt(pe.shape[1]) ** 2 == pe.shape[1] else 1
+        new = resample_pos_embed(pe, model.grid_size, ckpt_prefix, interpolation, antialias)
+        new = new[:, ckpt_prefix - model.num_prefix_tokens :] if ckpt_prefix > model.num_prefix_tokens else new
         log.info("resampled position embedding %s -> %s", tuple(pe.shape), tuple(new.shape))
         sd["pos_embed"] = new
     for layer in ("head", "pre_logits.fc"):

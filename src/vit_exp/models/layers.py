@@ -87,10 +87,14 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return qkv.unbind(0)  # each (B, H, N, hd)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, H, N, hd)
+        q, k, v = self._qkv(x)
         if self.fused:
             x = F.scaled_dot_product_attention(
                 q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
@@ -101,8 +105,13 @@ class Attention(nn.Module):
         return self.proj_drop(self.proj(x))
 
     def attention_map(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """Softmax attention weights (B, H, N, N); the reference path and the source of attention maps."""
+        """Softmax attention weights (B, H, N, N) of the reference path."""
         return ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """Attention weights (B, H, N, N) for tokens ``x`` (already normalised), for inspection."""
+        q, k, _ = self._qkv(x)
+        return self.attention_map(q, k)
 
 
 class Mlp(nn.Module):

@@ -157,6 +157,20 @@ class VisionTransformer(nn.Module):
             x = self.blocks(x)
         return self.norm(x)
 
+    @torch.no_grad()
+    def forward_attention(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Attention weights of every block, each (B, heads, T, T) with T = prefix + patches.
+
+        For attention maps and rollout (``vit_exp.attention``); it recomputes q and k, so it is not a
+        training path.
+        """
+        x = self._pos_embed(self.patch_embed(x))
+        maps = []
+        for block in self.blocks:
+            maps.append(block.attn.attention_weights(block.norm1(x)))
+            x = block(x)
+        return maps
+
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens (B, T, D) to one vector per image (B, D)."""
         if self.global_pool == "avg":
