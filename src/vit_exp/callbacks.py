@@ -1,0 +1,55 @@
+"""Callbacks of our own (the rest are Lightning's, chosen in ``conf/callbacks``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+
+class Throughput(pl.Callback):
+    """Training images per second over the whole fit, loading included, validation excluded.
+
+    The count is per process times the world size, i.e. the global rate under DDP.
+    """
+
+    def __init__(self) -> None:
+        self.images = 0
+        self.seconds = 0.0
+        self._since: float | None = None
+
+    @property
+    def images_per_s(self) -> float | None:
+        return self.images / self.seconds if self.seconds else None
+
+    def _restart(self, *_: Any) -> None:
+        self._since = time.perf_counter()
+
+    on_train_epoch_start = _restart
+    on_validation_end = _restart  # a validation in the middle of an epoch does not count as training
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        now = time.perf_counter()
+        if self._since is not None:
+            self.seconds += now - self._since
+            self.images += len(batch[0]) * trainer.world_size
+        self._since = now
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` keeping the best by its monitor, where a tie goes to the later checkpoint.
+
+    Accuracy on a small validation set moves in steps of 1/N and plateaus; Lightning keeps the first
+    checkpoint of a plateau, this keeps the last, trained longest (and, under a decaying schedule, better).
+    """
+
+    def check_monitor_top_k(self, trainer: pl.Trainer, current: torch.Tensor | None = None) -> bool:
+        tie = current is not None and self.save_top_k == 1 and bool(self.best_k_models)
+        if tie and bool(current == self.best_k_models[self.kth_best_model_path]):
+            return trainer.strategy.reduce_boolean_decision(True)
+        return super().check_monitor_top_k(trainer, current)

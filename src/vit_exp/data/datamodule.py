@@ -1,0 +1,126 @@
+"""``ViTDataModule``: loaders, transforms and normalisation around any Source (digits, folders, HF, shards)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from vit_exp.data.transforms import Transform, build_eval_transform, build_train_transform, normalize
+
+SPLITS = ("train", "val", "test")
+
+
+class Source(Protocol):
+    """Where images come from. Yields (uint8 image (3, H, W), target) through the transform it is given."""
+
+    num_classes: int
+    class_names: list[str] | None
+    multi_label: bool  # targets are multi-hot float vectors when True
+
+    def dataset(self, split: str, transform: Transform) -> Dataset: ...
+
+
+class ViTDataModule(pl.LightningDataModule):
+    """Train/val/test loaders over a Source; images stay uint8 until ``on_after_batch_transfer``.
+
+    Preprocessing (``crop_pct``, ``interpolation``, ``mean``, ``std``) is the model's (``pretrained_cfg``);
+    ``vit_exp.run`` fills it in where the data config leaves it null.
+
+    Args:
+        source: A Source (``DigitsSource``, ``ImageFolderSource``, ``HFSource``, ``ShardSource``).
+        batch_size: Images per device and step.
+        num_workers: Loader processes per device.
+        img_size: Side of the model's input.
+        crop_pct: Evaluation center-crop fraction (resize to ``img_size / crop_pct``, crop ``img_size``).
+        interpolation: Resize filter, e.g. "bicubic".
+        mean: Per-channel mean on the [0, 1] scale.
+        std: Per-channel standard deviation on the [0, 1] scale.
+        train_aug: Arguments of ``build_train_transform`` (scale, hflip, randaugment, crop); None trains on
+            the evaluation transform (no augmentation).
+        num_classes: Expected classes; checked against the source's (None: the source's).
+        eval_batch_size: Batch size of val/test loaders (None: ``batch_size``).
+        test_split: The split ``test`` evaluates (e.g. "val" for ImageNet, whose test labels are not public).
+        name: What to call the data in summaries ("digits", "imagenet").
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        batch_size: int = 64,
+        num_workers: int = 4,
+        img_size: int = 224,
+        crop_pct: float = 0.9,
+        interpolation: str = "bicubic",
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.5, 0.5, 0.5),
+        train_aug: Mapping[str, Any] | None = None,
+        num_classes: int | None = None,
+        eval_batch_size: int | None = None,
+        test_split: str = "test",
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        if num_classes is not None and num_classes != source.num_classes:
+            raise ValueError(
+                f"data.num_classes is {num_classes} but the source has {source.num_classes} classes; "
+                f"set data.num_classes={source.num_classes} (or null to take the source's)"
+            )
+        if test_split not in SPLITS:
+            raise ValueError(f"test_split must be one of {SPLITS}, got {test_split!r}")
+        self.source = source
+        self.name = name or type(source).__name__
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.test_split = test_split
+        self.eval_transform = build_eval_transform(img_size, crop_pct, interpolation)
+        self.train_transform = (
+            build_train_transform(img_size, interpolation, **train_aug) if train_aug else self.eval_transform
+        )
+        self.datasets: dict[str, Dataset] = {}
+
+    @property
+    def num_classes(self) -> int:
+        return self.source.num_classes
+
+    @property
+    def multi_label(self) -> bool:
+        return self.source.multi_label
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": (self.test_split,)}.get(stage, SPLITS)
+        for split in wanted:
+            if split not in self.datasets:
+                transform = self.train_transform if split == "train" else self.eval_transform
+                self.datasets[split] = self.source.dataset(split, transform)
+
+    def _loader(self, split: str, train: bool = False) -> DataLoader:
+        dataset = self.datasets[split]
+        shuffle = train and not isinstance(dataset, IterableDataset)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=shuffle,
+            drop_last=train,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_split)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        x, y = batch
+        return normalize(x, self.mean, self.std), y

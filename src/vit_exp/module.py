@@ -1,0 +1,137 @@
+"""The LightningModule: a ``vit_exp.models`` backbone with its loss, metrics, optimizer and schedule."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torchmetrics
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from vit_exp.optim import param_groups
+
+TOP_K = (1, 5)  # logged as "{stage}/top1", "{stage}/top5" for stage in val, test
+MONITOR = "val/top1"  # what the best checkpoint is chosen by (conf/callbacks refers to it by name)
+
+OptimizerFactory = Callable[[Any], torch.optim.Optimizer]  # params -> optimizer (a `_partial_` from conf/optim)
+Schedule = Callable[..., float]  # (step, total_steps=...) -> lr multiplier (a `_partial_` from conf/sched)
+
+
+class MultilabelTopKHit(torchmetrics.Metric):
+    """Share of images whose k highest-scoring classes include a true label (precision@1 for k=1).
+
+    For one-hot targets this is top-k accuracy. Sums are reduced across processes, so it is exact under DDP.
+    """
+
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, top_k: int) -> None:
+        super().__init__()
+        self.top_k = top_k
+        self.add_state("hits", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        top = logits.topk(self.top_k, dim=-1).indices  # (B, k)
+        self.hits += (target.gather(-1, top) > 0).any(dim=-1).sum()
+        self.total += target.shape[0]
+
+    def compute(self) -> torch.Tensor:
+        return self.hits / self.total.clamp(min=1)
+
+
+class ViTModule(pl.LightningModule):
+    """Image classification with a ViT.
+
+    Args:
+        backbone: The network, e.g. ``vit_exp.models.create_model(...)``; kept as ``self.model`` so that
+            checkpoints load back with ``vit_exp.models.load_checkpoint``.
+        num_classes: Classes of the data (and of the head).
+        multi_label: Multi-hot float targets and a sigmoid cross-entropy (JFT-style pretraining);
+            otherwise integer targets and a softmax cross-entropy.
+        label_smoothing: Softmax cross-entropy label smoothing.
+        optimizer: ``params -> Optimizer``; weight decay applies to ``param_groups``'s first group only.
+        scheduler: ``(step, total_steps=...) -> multiplier``, stepped every optimizer step; None: constant.
+        compile: ``torch.compile`` the backbone.
+        config: The run's resolved config, stored in checkpoints so that ``eval.py`` can rebuild the model.
+        class_names: The data's class names, stored in checkpoints so that ``predict.py`` can name predictions.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        multi_label: bool = False,
+        label_smoothing: float = 0.0,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: Schedule | None = None,
+        compile: bool = False,
+        config: dict[str, Any] | None = None,
+        class_names: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
+        self.model = backbone
+        self.optimizer_factory = optimizer
+        self.schedule = scheduler
+        if multi_label:
+            if label_smoothing:
+                warnings.warn("label_smoothing is ignored with multi-label (sigmoid) targets", stacklevel=2)
+            self.criterion: nn.Module = nn.BCEWithLogitsLoss()
+        else:
+            self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        # One metric object per stage and k: Lightning syncs and resets them at epoch end.
+        self.metrics = nn.ModuleDict(
+            {f"{stage}_top{k}": self._top_k_metric(k) for stage in ("val", "test") for k in TOP_K}
+        )
+
+    def _top_k_metric(self, k: int) -> torchmetrics.Metric:
+        k = min(k, self.hparams.num_classes)
+        if self.hparams.multi_label:
+            return MultilabelTopKHit(k)
+        return MulticlassAccuracy(num_classes=self.hparams.num_classes, top_k=k, average="micro")
+
+    def configure_model(self) -> None:
+        if self.hparams.compile:
+            self.model.compile()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = self.criterion(self(x), y)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        self.log(f"{stage}/loss", self.criterion(logits, y), sync_dist=True)
+        for k in TOP_K:
+            metric = self.metrics[f"{stage}_top{k}"]
+            metric.update(logits, y)
+            self.log(f"{stage}/top{k}", metric, prog_bar=k == 1)
+        return logits  # to callbacks as `outputs` (vit_exp.insight.RunPlots: the confusion matrix)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._eval_step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._eval_step(batch, "test")
+
+    def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            raise ValueError("ViTModule was built without an optimizer; pass optimizer= (conf/optim) to train")
+        optimizer = self.optimizer_factory(param_groups(self.model))
+        if self.schedule is None:
+            return optimizer
+        lr_lambda = partial(self.schedule, total_steps=int(self.trainer.estimated_stepping_batches))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

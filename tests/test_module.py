@@ -1,0 +1,78 @@
+"""ViTModule: loss, metrics and optimizer wiring, without a Trainer where none is needed."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+from torchmetrics.classification import MulticlassAccuracy
+
+from vit_exp.models import create_model
+from vit_exp.module import MultilabelTopKHit, ViTModule
+from vit_exp.optim import warmup_decay
+
+# training_step logs; outside a Trainer, Lightning warns that there is nowhere to log to.
+pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log")
+
+
+def _module(num_classes: int = 10, **kwargs) -> ViTModule:
+    backbone = create_model("vit_test", num_classes=num_classes, img_size=16)
+    return ViTModule(backbone, num_classes=num_classes, **kwargs)
+
+
+def test_cross_entropy_with_label_smoothing() -> None:
+    module = _module(label_smoothing=0.1)
+    x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+    loss = module.training_step((x, y), 0)
+    expected = torch.nn.functional.cross_entropy(module(x), y, label_smoothing=0.1)
+    assert loss.ndim == 0 and torch.allclose(loss, expected)
+
+
+def test_multi_label_uses_sigmoid_cross_entropy() -> None:
+    with pytest.warns(UserWarning, match="label_smoothing is ignored"):
+        module = _module(multi_label=True, label_smoothing=0.1)
+    x, y = torch.randn(4, 3, 16, 16), torch.zeros(4, 10)
+    y[:, 3] = 1.0
+    loss = module.training_step((x, y), 0)
+    assert torch.allclose(loss, torch.nn.functional.binary_cross_entropy_with_logits(module(x), y))
+    assert isinstance(module.metrics["val_top1"], MultilabelTopKHit)
+
+
+def test_multilabel_top_k_equals_top_k_accuracy_on_one_hot_targets() -> None:
+    torch.manual_seed(0)
+    logits, labels = torch.randn(64, 10), torch.randint(0, 10, (64,))
+    one_hot = torch.nn.functional.one_hot(labels, 10).float()
+    for k in (1, 5):
+        ours, ref = MultilabelTopKHit(k), MulticlassAccuracy(num_classes=10, top_k=k, average="micro")
+        ours.update(logits, one_hot)
+        ref.update(logits, labels)
+        assert torch.allclose(ours.compute(), ref.compute())
+
+
+def test_top5_with_fewer_than_five_classes() -> None:
+    module = _module(num_classes=3)
+    assert module.metrics["test_top5"].top_k == 3
+
+
+def test_weight_decay_and_schedule_reach_the_optimizer() -> None:
+    optimizer = partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.3)
+    schedule = partial(warmup_decay, warmup_steps=5)
+    module = _module(optimizer=optimizer, scheduler=schedule)
+    module.trainer = type("T", (), {"estimated_stepping_batches": 50})()  # what Lightning provides
+    conf = module.configure_optimizers()
+    decay, no_decay = conf["optimizer"].param_groups
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.3, 0.0)
+    assert conf["lr_scheduler"]["interval"] == "step"
+    assert decay["lr"] == pytest.approx(1e-3 / 5)  # first warmup step
+
+
+def test_no_optimizer_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="optimizer"):
+        _module().configure_optimizers()
+
+
+def test_checkpoint_hyperparameters_are_plain() -> None:
+    module = _module(optimizer=partial(torch.optim.SGD, lr=0.1), config={"model": {"name": "vit_test"}})
+    assert {"num_classes", "multi_label", "label_smoothing", "compile", "config"} <= set(module.hparams)
+    assert not {"backbone", "optimizer", "scheduler"} & set(module.hparams)  # objects stay out of checkpoints
