@@ -30,7 +30,7 @@ def test_every_config_file_composes(path: Path, tmp_path: Path) -> None:
     assert {"model", "data", "trainer", "optim"} <= set(cfg)
     try:
         name = validate(cfg)
-    except ConfigError as e:  # values only the user can give, e.g. data.source.root of data=imagefolder
+    except ConfigError as e:  # values only the user can give, e.g. data.root of data=imagefolder
         assert "needs values you have not given" in str(e)
         return
     assert name.startswith(cfg.model.name.replace("_r50", "_resnet50"))
@@ -98,7 +98,7 @@ def test_hw_profiles_set_precision(tmp_path: Path) -> None:
         (["data.img_size=32"], "res="),
         (["model.num_classes=7"], "data.num_classes"),
         (["experiment=vit_b16_imagenet_finetune"], "model.pretrained=..."),
-        (["data=imagefolder"], "data.source.root=... data.num_classes=..."),
+        (["data=imagefolder"], "data.root=... data.num_classes=..."),
         (["model.pretrained=/no/such/file.pth"], "does not exist"),
     ],
 )

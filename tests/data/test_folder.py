@@ -114,7 +114,7 @@ def test_class_names_come_from_val_when_there_is_no_train(image_folder):
 
 
 def test_user_errors_before_training(image_folder, tmp_path, write_jpeg):
-    with pytest.raises(ValueError, match="does not exist; point data.source.root"):
+    with pytest.raises(ValueError, match="does not exist; point data.root"):
         ImageFolderSource(tmp_path / "missing")
     with pytest.raises(ValueError, match="none of the split folders"):
         ImageFolderSource(tmp_path)
@@ -147,7 +147,7 @@ def test_data_configs_train_on_an_image_folder(image_folder, data_module, config
     if config == "imagenet":  # reads ${paths.data_dir}/imagenet, and the fixture folder is named imagenet
         monkeypatch.setenv("VIT_EXP_DATA", str(image_folder.parent))
     else:
-        overrides = [f"data.source.root={image_folder}"]
+        overrides = [f"data.root={image_folder}"]
     dm = data_module(config, "data.num_classes=3", "data.batch_size=4", *overrides)
     dm.setup("fit")
     images, labels = next(iter(dm.train_dataloader()))

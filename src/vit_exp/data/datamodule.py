@@ -45,6 +45,8 @@ class ViTDataModule(pl.LightningDataModule):
         eval_batch_size: Batch size of val/test loaders (None: ``batch_size``).
         test_split: The split ``test`` evaluates (e.g. "val" for ImageNet, whose test labels are not public).
         name: What to call the data in summaries ("digits", "imagenet").
+        root: Where the data lives, when it lives on disk; sources read it as ``${data.root}`` so that
+            ``data.root=PATH`` is all a user types.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class ViTDataModule(pl.LightningDataModule):
         eval_batch_size: int | None = None,
         test_split: str = "test",
         name: str | None = None,
+        root: str | None = None,
     ) -> None:
         super().__init__()
         if num_classes is not None and num_classes != source.num_classes:
@@ -73,6 +76,7 @@ class ViTDataModule(pl.LightningDataModule):
             raise ValueError(f"test_split must be one of {SPLITS}, got {test_split!r}")
         self.source = source
         self.name = name or type(source).__name__
+        self.root = root
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers

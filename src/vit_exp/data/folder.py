@@ -112,7 +112,7 @@ class ImageFolderSource:
         self.splits = dict(DEFAULT_SPLITS if splits is None else splits)
         if not self.root.is_dir():
             raise ValueError(
-                f"image folder root {self.root} does not exist; point data.source.root at the folder "
+                f"image folder root {self.root} does not exist; point data.root at the folder "
                 f"that holds {'/, '.join(sorted(set(self.splits.values())))}/ with one subfolder per class"
             )
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
