@@ -11,8 +11,9 @@ import lightning.pytorch as pl
 import torch
 import torchmetrics
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
 
+from vit_exp.data.mixup import MixupCutmix
 from vit_exp.optim import param_groups
 
 TOP_K = (1, 5)  # logged as "{stage}/top1", "{stage}/top5" for stage in val, test
@@ -61,6 +62,8 @@ class ViTModule(pl.LightningModule):
         compile: ``torch.compile`` the backbone.
         config: The run's resolved config, stored in checkpoints so that ``eval.py`` can rebuild the model.
         class_names: The data's class names, stored in checkpoints so that ``predict.py`` can name predictions.
+        mixup: Arguments of ``vit_exp.data.mixup.MixupCutmix`` (mixup_alpha, cutmix_alpha, prob, switch_prob)
+            for training batches; None trains on the batches as they are.
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class ViTModule(pl.LightningModule):
         compile: bool = False,
         config: dict[str, Any] | None = None,
         class_names: list[str] | None = None,
+        mixup: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
@@ -86,10 +90,14 @@ class ViTModule(pl.LightningModule):
             self.criterion: nn.Module = nn.BCEWithLogitsLoss()
         else:
             self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        # One metric object per stage and k: Lightning syncs and resets them at epoch end.
-        self.metrics = nn.ModuleDict(
-            {f"{stage}_top{k}": self._top_k_metric(k) for stage in ("val", "test") for k in TOP_K}
-        )
+        self.mixup = MixupCutmix(num_classes, **mixup) if mixup else None
+        # One metric object per stage and name: Lightning syncs and resets them at epoch end.
+        metrics: dict[str, torchmetrics.Metric] = {}
+        for stage in ("val", "test"):
+            metrics.update({f"{stage}_top{k}": self._top_k_metric(k) for k in TOP_K})
+            if multi_label:  # mean average precision over classes; binned so memory stays flat at 20k classes
+                metrics[f"{stage}_mAP"] = MultilabelAveragePrecision(num_classes, average="macro", thresholds=100)
+        self.metrics = nn.ModuleDict(metrics)
 
     def _top_k_metric(self, k: int) -> torchmetrics.Metric:
         k = min(k, self.hparams.num_classes)
@@ -106,9 +114,17 @@ class ViTModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
+        if self.mixup is not None:
+            x, y = self.mixup(x, y)
         loss = self.criterion(self(x), y)
         self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        # Unreadable images are skipped by the sources (data.strict=false); show how many, so it is not silent.
+        skipped = getattr(getattr(self.trainer.datamodule, "source", None), "num_skipped", None)
+        if skipped is not None:
+            self.log("data/skipped_images", float(skipped), rank_zero_only=True)
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
@@ -118,6 +134,9 @@ class ViTModule(pl.LightningModule):
             metric = self.metrics[f"{stage}_top{k}"]
             metric.update(logits, y)
             self.log(f"{stage}/top{k}", metric, prog_bar=k == 1)
+        if self.hparams.multi_label:
+            self.metrics[f"{stage}_mAP"].update(logits, y.long())
+            self.log(f"{stage}/mAP", self.metrics[f"{stage}_mAP"])
         return logits  # to callbacks as `outputs` (vit_exp.insight.RunPlots: the confusion matrix)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:

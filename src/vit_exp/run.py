@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from vit_exp.data.datamodule import ViTDataModule
     from vit_exp.models import PretrainedCfg
+    from vit_exp.scaling import BatchPlan
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +220,22 @@ def _report(
     return results
 
 
+def batch_plan(cfg: DictConfig, trainer: pl.Trainer) -> BatchPlan:
+    """The run's global batch (per device x accumulation x devices x nodes) and the recipe's scaled lr."""
+    from vit_exp.scaling import plan
+
+    scaling = cfg.get("lr_scaling") or {}
+    return plan(
+        per_device=int(cfg.data.batch_size),
+        accumulate=int(trainer.accumulate_grad_batches),
+        devices=int(trainer.num_devices),
+        nodes=int(trainer.num_nodes),
+        base_lr=float(cfg.optim.lr),
+        rule=scaling.get("rule") or "none",
+        base_batch=scaling.get("base_batch"),
+    )
+
+
 def train(cfg: DictConfig) -> Results:
     """Fit ``cfg`` (a composed ``conf/train.yaml``), test the best checkpoint, write ``results.json``."""
     start = time.perf_counter()
@@ -228,19 +245,22 @@ def train(cfg: DictConfig) -> Results:
     from vit_exp.callbacks import Throughput
     from vit_exp.module import ViTModule
 
+    throughput = Throughput()
+    trainer = build_trainer(cfg, [throughput])
+    batch = batch_plan(cfg, trainer)
+    log.info("%s", batch.describe())
     module = ViTModule(
         backbone,
         num_classes=datamodule.num_classes,
         multi_label=datamodule.multi_label,
         label_smoothing=cfg.loss.label_smoothing,
-        optimizer=instantiate(cfg.optim),
+        optimizer=instantiate(cfg.optim, lr=batch.lr),
         scheduler=instantiate(cfg.sched) if cfg.get("sched") else None,
         compile=cfg.compile,
         config=OmegaConf.to_container(cfg, resolve=True),
         class_names=datamodule.source.class_names,
+        mixup=OmegaConf.to_container(cfg.mixup) if cfg.get("mixup") else None,
     )
-    throughput = Throughput()
-    trainer = build_trainer(cfg, [throughput])
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     best_cb, last_cb = _checkpoint_callbacks(trainer)
     best = (best_cb.best_model_path or None) if best_cb else None

@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from vit_exp.data.samplers import RepeatedAugSampler
 from vit_exp.data.transforms import Transform, build_eval_transform, build_train_transform, normalize
 
 SPLITS = ("train", "val", "test")
@@ -45,6 +46,7 @@ class ViTDataModule(pl.LightningDataModule):
         eval_batch_size: Batch size of val/test loaders (None: ``batch_size``).
         test_split: The split ``test`` evaluates (e.g. "val" for ImageNet, whose test labels are not public).
         name: What to call the data in summaries ("digits", "imagenet").
+        repeated_aug: Copies of each training image per epoch, each on another rank (DeiT: 3); 1 is off.
         root: Where the data lives, when it lives on disk; sources read it as ``${data.root}`` so that
             ``data.root=PATH`` is all a user types.
     """
@@ -65,6 +67,7 @@ class ViTDataModule(pl.LightningDataModule):
         test_split: str = "test",
         name: str | None = None,
         root: str | None = None,
+        repeated_aug: int = 1,
     ) -> None:
         super().__init__()
         if num_classes is not None and num_classes != source.num_classes:
@@ -77,6 +80,7 @@ class ViTDataModule(pl.LightningDataModule):
         self.source = source
         self.name = name or type(source).__name__
         self.root = root
+        self.repeated_aug = repeated_aug
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -106,10 +110,17 @@ class ViTDataModule(pl.LightningDataModule):
     def _loader(self, split: str, train: bool = False) -> DataLoader:
         dataset = self.datasets[split]
         shuffle = train and not isinstance(dataset, IterableDataset)
+        sampler = None
+        if shuffle and self.repeated_aug > 1:
+            rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+            # torch.initial_seed() is the run's seed (seed_everything), the same on every rank.
+            sampler = RepeatedAugSampler(len(dataset), self.repeated_aug, rank, world, seed=torch.initial_seed() % 2**31)
+            shuffle = False
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             drop_last=train,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
