@@ -60,3 +60,20 @@ def test_config_takes_data_root(image_folder, data_module):
 def test_unrecognised_roots_say_what_is_expected(tmp_path, make_root, message):
     with pytest.raises(ValueError, match=message):
         imagenet_source(make_root(tmp_path))
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_data_strict_from_the_config(image_folder, data_module, strict):
+    (image_folder / "train" / "n01" / "broken.JPEG").write_bytes(b"not a jpeg")
+    dm = data_module(
+        "imagefolder", f"data.root={image_folder}", "data.num_classes=3", f"data.strict={strict}", "data.batch_size=1"
+    )
+    dm.setup("fit")
+    if strict:
+        with pytest.raises(ValueError, match="broken.JPEG"):
+            list(dm.train_dataloader())
+    else:
+        with pytest.warns(UserWarning, match="broken.JPEG"):
+            batches = list(dm.train_dataloader())
+        assert len(batches) == 13  # the broken file's place is taken by a good image (see _bad_images.py)
+        assert dm.source.num_skipped == 1

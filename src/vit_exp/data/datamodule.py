@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from vit_exp.data.samplers import RepeatedAugSampler
 from vit_exp.data.transforms import Transform, build_eval_transform, build_train_transform, normalize
+from vit_exp.resilience import resumable_loader
 
 SPLITS = ("train", "val", "test")
 
@@ -49,6 +50,8 @@ class ViTDataModule(pl.LightningDataModule):
         repeated_aug: Copies of each training image per epoch, each on another rank (DeiT: 3); 1 is off.
         root: Where the data lives, when it lives on disk; sources read it as ``${data.root}`` so that
             ``data.root=PATH`` is all a user types.
+        strict: Whether an unreadable image stops the run (sources read it as ``${data.strict}``); False
+            skips and counts it.
     """
 
     def __init__(
@@ -68,6 +71,7 @@ class ViTDataModule(pl.LightningDataModule):
         name: str | None = None,
         root: str | None = None,
         repeated_aug: int = 1,
+        strict: bool = False,
     ) -> None:
         super().__init__()
         if num_classes is not None and num_classes != source.num_classes:
@@ -79,7 +83,7 @@ class ViTDataModule(pl.LightningDataModule):
             raise ValueError(f"test_split must be one of {SPLITS}, got {test_split!r}")
         self.source = source
         self.name = name or type(source).__name__
-        self.root = root
+        self.root, self.strict = root, strict
         self.repeated_aug = repeated_aug
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -116,16 +120,16 @@ class ViTDataModule(pl.LightningDataModule):
             # torch.initial_seed() is the run's seed (seed_everything), the same on every rank.
             sampler = RepeatedAugSampler(len(dataset), self.repeated_aug, rank, world, seed=torch.initial_seed() % 2**31)
             shuffle = False
-        return DataLoader(
-            dataset,
+        kwargs = dict(
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=shuffle,
-            sampler=sampler,
             drop_last=train,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+        if shuffle:  # its position mid-epoch is saved in checkpoints: an exact resume (vit_exp.resilience)
+            return resumable_loader(dataset, **kwargs)
+        return DataLoader(dataset, sampler=sampler, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
