@@ -158,3 +158,17 @@ def test_strategy_objects_instantiate(profile: str, strategy: str, tmp_path: Pat
     assert type(obj).__name__ == strategy
     if profile == "fsdp":  # sharded per encoder block
         assert "Block" in repr(obj.kwargs["auto_wrap_policy"])
+
+
+def test_a_file_that_is_no_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    from vit_exp.run import checkpoint_config
+
+    (tmp_path / "photo.png").write_bytes(b"\x89PNG not a checkpoint")
+    with pytest.raises(ConfigError, match="cannot read .*photo.png as a checkpoint"):
+        checkpoint_config(tmp_path / "photo.png")
+    torch_file = tmp_path / "weights.pth"
+    import torch
+
+    torch.save({"pos_embed": torch.zeros(1)}, torch_file)
+    with pytest.raises(ConfigError, match="stores no run config.*model.pretrained"):
+        checkpoint_config(torch_file)

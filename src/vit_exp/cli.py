@@ -18,15 +18,26 @@ CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")  # the repository's
 
 
 def _run(task: str, cfg: DictConfig, module: str = "run") -> Any:
-    """``vit_exp.<module>.<task>(cfg)``; a config or hardware error ends the process with its message, no traceback."""
+    """``vit_exp.<module>.<task>(cfg)``; a config or hardware error or a diverged loss ends the process with its
+    message, no traceback (in a sweep: the job fails and the sweep goes on)."""
     import importlib
 
     from vit_exp import run
+    from vit_exp.resilience import NonFiniteLossError
 
     try:
         return getattr(importlib.import_module(f"vit_exp.{module}"), task)(cfg)
-    except (run.ConfigError, run.HardwareError) as e:
+    except (run.ConfigError, run.HardwareError, NonFiniteLossError) as e:
+        if _in_sweep():
+            raise  # Hydra records the job as failed and the sweep goes on (sys.exit would end the sweep)
         sys.exit(f"error: {e}")
+
+
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")

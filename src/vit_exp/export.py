@@ -1,6 +1,9 @@
 """Export a ViT to ONNX or ``torch.export``, each checked against the eager model on the same input.
 
-    python -m vit_exp.export --model vit_base_patch16_384 --ckpt outputs/.../last.ckpt --format onnx --out vit.onnx
+    python -m vit_exp.export --ckpt outputs/DATE/TIME/checkpoints/best.ckpt --format onnx --out vit.onnx
+    python -m vit_exp.export --model vit_base_patch16_384 --ckpt jx_vit_base_p16_384-83fb41ba.pth --out vit.onnx
+
+A checkpoint written by train.py stores its run config: the model is rebuilt from it, no --model needed.
 """
 
 from __future__ import annotations
@@ -70,14 +73,25 @@ def main(argv: list[str] | None = None) -> float:
     from vit_exp.models import create_model
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="variant or family name, e.g. vit_base_patch16_384")
-    p.add_argument("--ckpt", help="local checkpoint (.pth, .npz, .safetensors, vit_exp .ckpt)")
+    p.add_argument("--model", help="variant or family name, e.g. vit_base_patch16_384; not needed for our .ckpt")
+    p.add_argument("--ckpt", help="local checkpoint (.pth, .npz, .safetensors, or a .ckpt written by train.py)")
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--img-size", type=int, default=None)
     p.add_argument("--format", choices=["onnx", "torch"], default="onnx")
     p.add_argument("--out", required=True, type=Path)
     args = p.parse_args(argv)
-    model = create_model(args.model, num_classes=args.num_classes, img_size=args.img_size, pretrained=args.ckpt)
+    if args.model:
+        model = create_model(args.model, num_classes=args.num_classes, img_size=args.img_size, pretrained=args.ckpt)
+    elif args.ckpt:
+        from vit_exp.predict import load_run
+        from vit_exp.run import ConfigError
+
+        try:
+            model, _ = load_run(args.ckpt)
+        except ConfigError as e:
+            p.error(f"{e} (or name the architecture with --model)")
+    else:
+        p.error("pass --ckpt (a .ckpt written by train.py), or --model (with --ckpt for published weights)")
     diff = (export_onnx if args.format == "onnx" else export_program)(model, args.out)
     print(f"wrote {args.out} ({args.format}); max |exported - eager| = {diff:.3g}")
     return diff

@@ -1,22 +1,27 @@
 """Few-shot linear evaluation as in the ViT paper (section 4.1) and big_vision's few-shot evaluator.
 
-Frozen pre-logit features; for k shots per class, a closed-form ridge regression from the features (plus a
-bias feature) to targets in {-1, +1}; top-1 of the regression's argmax on a held-out split; the mean over
-several random draws of the k shots. Torch only: the Lightning callback lives in ``vit_exp.callbacks``.
+Frozen pre-logit features, standardised with the mean and standard deviation of the k shots; for k shots
+per class, a closed-form ridge regression from the features (plus a constant bias feature of 100, so that the
+bias is all but unregularised) to targets in {-1, +1}; top-1 of the regression's argmax on a held-out split;
+the mean over several random draws of the k shots. All as big_vision's ``evaluators/fewshot_lsr.py`` does.
+Torch only: the Lightning callback lives in ``vit_exp.insight``.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 
 DEFAULT_SHOTS = (1, 5, 10, 25)
 DEFAULT_L2 = 2.0**10  # big_vision's fixed ridge penalty
+BIAS_CONSTANT = 100.0  # big_vision's bias feature: large, so that the penalty barely touches the bias
 
 
-def ridge_fit(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2_reg: float = DEFAULT_L2) -> torch.Tensor:
+def ridge_fit(
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, l2_reg: float = DEFAULT_L2, bias: float = 1.0
+) -> torch.Tensor:
     """Closed-form ridge regression to {-1, +1} one-vs-rest targets.
 
     Args:
@@ -24,22 +29,24 @@ def ridge_fit(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2_reg: float 
         y: Integer labels (n,).
         num_classes: Number of classes (columns of the target).
         l2_reg: Penalty on every weight, the bias included (as big_vision does).
+        bias: Value of the constant feature appended for the bias; the larger, the less it is penalised.
 
     Returns:
         Weights (d + 1, num_classes); the last row is the bias.
     """
-    x = _with_bias(x.double())
+    x = _with_bias(x.double(), bias)
     targets = 2.0 * nn.functional.one_hot(y.long(), num_classes).double() - 1.0
     gram = x.T @ x + l2_reg * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
     return torch.linalg.solve(gram, x.T @ targets)
 
 
-def ridge_predict(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return (_with_bias(x.double()) @ w).argmax(dim=-1)
+def ridge_predict(w: torch.Tensor, x: torch.Tensor, bias: float = 1.0) -> torch.Tensor:
+    """Class indices (n,) of the ridge weights' argmax; ``bias`` as given to ``ridge_fit``."""
+    return (_with_bias(x.double(), bias) @ w).argmax(dim=-1)
 
 
-def _with_bias(x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)
+def _with_bias(x: torch.Tensor, value: float) -> torch.Tensor:
+    return torch.cat([x, torch.full((x.shape[0], 1), value, dtype=x.dtype, device=x.device)], dim=1)
 
 
 def sample_shots(labels: torch.Tensor, shots: int, seed: int) -> torch.Tensor:
@@ -80,8 +87,11 @@ def fewshot_accuracy(
         accs = []
         for seed in seeds:
             idx = sample_shots(train_y, k, seed)
-            w = ridge_fit(train_x[idx], train_y[idx], num_classes, l2_reg)
-            accs.append((ridge_predict(w, test_x) == test_y).double().mean().item())
+            shots_x = train_x[idx].double()
+            mean, std = shots_x.mean(dim=0), shots_x.std(dim=0, correction=0) + 1e-5  # whiten by the shots
+            w = ridge_fit((shots_x - mean) / std, train_y[idx], num_classes, l2_reg, bias=BIAS_CONSTANT)
+            pred = ridge_predict(w, (test_x.double() - mean) / std, bias=BIAS_CONSTANT)
+            accs.append((pred == test_y).double().mean().item())
         out[k] = sum(accs) / len(accs)
     return out
 

@@ -7,6 +7,7 @@ says how to fix it, before any model or data is built. Heavy libraries are impor
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -87,7 +88,8 @@ def check_hardware(trainer_cfg: DictConfig) -> None:
     """Fail with a clear message when the hardware profile asks for a device that is not here.
 
     Raises:
-        HardwareError: TPU/XLA without a TPU, or a GPU profile without CUDA.
+        HardwareError: TPU/XLA without a TPU, a GPU profile without CUDA or with more GPUs than there are,
+            FSDP on the CPU, or several nodes without a launcher that starts their processes.
     """
     accelerator, strategy = trainer_cfg.get("accelerator"), trainer_cfg.get("strategy")
     if accelerator == "tpu" or strategy == "xla":
@@ -103,6 +105,23 @@ def check_hardware(trainer_cfg: DictConfig) -> None:
 
         if not torch.cuda.is_available():
             raise HardwareError("this hardware profile needs a CUDA GPU and none is visible here; use hw=cpu")
+        devices, found = trainer_cfg.get("devices"), torch.cuda.device_count()
+        if isinstance(devices, int) and devices > found:
+            raise HardwareError(
+                f"trainer.devices={devices} GPUs asked for, {found} visible here; set trainer.devices={found} "
+                "(or -1: every visible GPU)"
+            )
+    target = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy)
+    if accelerator == "cpu" and target.rsplit(".", 1)[-1] in ("FSDPStrategy", "fsdp"):
+        raise HardwareError("Lightning runs FSDP on CUDA GPUs only; on the CPU use hw=ddp_sim (DDP over gloo)")
+    nodes = trainer_cfg.get("num_nodes") or 1
+    launched = "SLURM_NTASKS" in os.environ or {"MASTER_ADDR", "NODE_RANK"} <= set(os.environ)
+    if nodes > 1 and not launched:
+        raise HardwareError(
+            f"trainer.num_nodes={nodes} needs the processes of every node started by a cluster launcher, and none "
+            "is here (no SLURM_NTASKS, no MASTER_ADDR/NODE_RANK): run under SLURM with "
+            "`srun python train.py hw=multinode ...`, or `torchrun --nnodes=N ... train.py hw=ddp trainer.num_nodes=N`"
+        )
 
 
 def preprocessing(name: str, model_cfg: DictConfig) -> PretrainedCfg:
@@ -195,9 +214,13 @@ def _report(
     trainer: pl.Trainer,
     start: float,
     show: Callable[[Results], None],
+    params: int | None = None,
     **extra: Any,
 ) -> Results:
-    """The figures of a run whose ``trainer.test`` has just finished; rank 0 saves and shows them."""
+    """The figures of a run whose ``trainer.test`` has just finished; rank 0 saves and shows them.
+
+    ``params``: the backbone's parameter count when it was taken before fit (FSDP leaves each rank its shard).
+    """
     try:
         images = len(datamodule.datasets[datamodule.test_split])
     except (TypeError, KeyError):  # a stream of unknown length
@@ -208,7 +231,7 @@ def _report(
         split=datamodule.test_split,
         top1=_percent(trainer.callback_metrics.get("test/top1")),
         top5=_percent(trainer.callback_metrics.get("test/top5")),
-        params=sum(p.numel() for p in backbone.parameters()),
+        params=params if params is not None else sum(p.numel() for p in backbone.parameters()),
         wall_time_s=round(time.perf_counter() - start, 2),
         run_dir=str(cfg.paths.output_dir),
         images=images,
@@ -240,11 +263,18 @@ def train(cfg: DictConfig) -> Results:
     """Fit ``cfg`` (a composed ``conf/train.yaml``), test the best checkpoint, write ``results.json``."""
     start = time.perf_counter()
     name, datamodule, backbone = _prepare(cfg)
+    import copy
+
     from hydra.utils import instantiate
+    from lightning.pytorch.strategies import FSDPStrategy
 
     from vit_exp.callbacks import Throughput
+    from vit_exp.launch import ddp_job, use_child_command
     from vit_exp.module import ViTModule
+    from vit_exp.resilience import resume_path
+    from vit_exp.tracking import finish_runs
 
+    ckpt_path = resume_path(cfg)  # ckpt_path, or with resume=auto this run directory's last checkpoint
     throughput = Throughput()
     trainer = build_trainer(cfg, [throughput])
     batch = batch_plan(cfg, trainer)
@@ -261,27 +291,35 @@ def train(cfg: DictConfig) -> Results:
         class_names=datamodule.source.class_names,
         mixup=OmegaConf.to_container(cfg.mixup) if cfg.get("mixup") else None,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    best_cb, last_cb = _checkpoint_callbacks(trainer)
-    best = (best_cb.best_model_path or None) if best_cb else None
-    last = (last_cb.best_model_path or None) if last_cb else None  # read before test() restores callback states
-    best_val_top1 = _percent(best_cb.best_model_score) if best_cb else None
-    trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    use_child_command()  # DDP ranks 1..N-1 in this job's run directory, writing nothing of their own
+    # FSDP leaves the module's parameters as views into its shards after fit; the test wraps the module again and
+    # loads the best (sharded) checkpoint into it, which needs the module as it was before fit.
+    test_module = copy.deepcopy(module) if isinstance(trainer.strategy, FSDPStrategy) else module
+    params = sum(p.numel() for p in backbone.parameters())
+    # W&B runs end with the job's exit status; a sweep's next job in this process starts clean.
+    with finish_runs(trainer.loggers), ddp_job(trainer):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        best_cb, last_cb = _checkpoint_callbacks(trainer)
+        best = (best_cb.best_model_path or None) if best_cb else None
+        last = (last_cb.best_model_path or None) if last_cb else None  # read before test() restores callback states
+        best_val_top1 = _percent(best_cb.best_model_score) if best_cb else None
+        trainer.test(test_module, datamodule=datamodule, ckpt_path=best, verbose=False)
 
-    return _report(
-        cfg,
-        name,
-        datamodule,
-        backbone,
-        trainer,
-        start,
-        print_summary,
-        images_per_s=throughput.images_per_s and round(throughput.images_per_s, 1),
-        checkpoint=best,
-        last_checkpoint=last,
-        best_val_top1=best_val_top1,
-        steps=trainer.global_step,
-    )
+        return _report(
+            cfg,
+            name,
+            datamodule,
+            backbone,
+            trainer,
+            start,
+            print_summary,
+            params=params,
+            images_per_s=throughput.images_per_s and round(throughput.images_per_s, 1),
+            checkpoint=best,
+            last_checkpoint=last,
+            best_val_top1=best_val_top1,
+            steps=trainer.global_step,
+        )
 
 
 def checkpoint_config(path: str | Path) -> dict[str, Any]:
@@ -295,7 +333,13 @@ def checkpoint_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"ckpt_path {path} does not exist; pass the path of a .ckpt written by train.py")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file at all (an image, a partial download), or an unsafe pickle
+        raise ConfigError(
+            f"cannot read {path} as a checkpoint ({type(e).__name__}); pass a .ckpt written by train.py, "
+            f"or published weights as model.pretrained=..."
+        ) from None
     config = (saved.get("hyper_parameters") or {}).get("config") if isinstance(saved, dict) else None
     if not config:
         raise ConfigError(

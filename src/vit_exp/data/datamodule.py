@@ -120,13 +120,13 @@ class ViTDataModule(pl.LightningDataModule):
             # torch.initial_seed() is the run's seed (seed_everything), the same on every rank.
             sampler = RepeatedAugSampler(len(dataset), self.repeated_aug, rank, world, seed=torch.initial_seed() % 2**31)
             shuffle = False
-        kwargs = dict(
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            drop_last=train,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
+        kwargs = {
+            "batch_size": self.batch_size if train else self.eval_batch_size,
+            "drop_last": train,
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+            "pin_memory": torch.cuda.is_available(),
+        }
         if shuffle:  # its position mid-epoch is saved in checkpoints: an exact resume (vit_exp.resilience)
             return resumable_loader(dataset, **kwargs)
         return DataLoader(dataset, sampler=sampler, **kwargs)

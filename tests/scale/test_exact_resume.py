@@ -1,0 +1,80 @@
+"""A run SIGKILLed mid-epoch and resumed with resume=auto ends bit for bit where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from tests.conftest import ROOT
+from tests.scale.conftest import read_csv, train_cli
+
+STEPS_PER_EPOCH = 1258 // 64  # digits train split, drop_last
+RUN = [
+    "model=vit_test",
+    "model.drop_path_rate=0.1",  # random per step: exact only if the RNG state is restored too
+    "trainer.max_epochs=3",
+    "seed=3",
+    "resume=auto",
+    "callbacks.step_checkpoint.every_n_train_steps=4",
+    "++trainer.enable_progress_bar=false",
+    "++trainer.enable_model_summary=false",
+]
+
+
+def _tensors(obj: object, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor of a nested checkpoint structure, by its path."""
+    if isinstance(obj, torch.Tensor):
+        return {prefix: obj}
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    return {k: v for key, value in items for k, v in _tensors(value, f"{prefix}/{key}").items()}
+
+
+def test_killed_mid_epoch_then_resumed_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    reference = train_cli([*RUN, "hydra.run.dir=reference"], tmp_path)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    cut = tmp_path / "cut"
+    last = cut / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *RUN, f"hydra.run.dir={cut}"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 240
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # no handler, no cleanup: as an OOM killer or a node failure
+    proc.wait()
+    killed_at = torch.load(last, weights_only=False)["global_step"]
+    assert 0 < killed_at < 3 * STEPS_PER_EPOCH and killed_at % STEPS_PER_EPOCH, killed_at  # mid-epoch
+
+    resumed = train_cli([*RUN, f"hydra.run.dir={cut}"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Restoring states from the checkpoint" in resumed.stdout + resumed.stderr
+
+    ours = torch.load(last, weights_only=False)
+    theirs = torch.load(tmp_path / "reference" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ours["global_step"] == theirs["global_step"] == 3 * STEPS_PER_EPOCH
+    a, b = (
+        _tensors({k: ours[k] for k in ("state_dict", "optimizer_states")}),
+        _tensors({k: theirs[k] for k in ("state_dict", "optimizer_states")}),
+    )
+    assert a.keys() == b.keys() and len(a) > 20
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"not bit for bit: {different[:5]}"
+
+    results = [json.loads((d / "results.json").read_text()) for d in (cut, tmp_path / "reference")]
+    for key in ("top1", "top5", "best_val_top1", "steps"):
+        assert results[0][key] == results[1][key], key
+    val = [
+        {r["epoch"]: r["val/top1"] for r in read_csv(d / "metrics.csv") if r.get("val/top1")}
+        for d in (cut, tmp_path / "reference")
+    ]
+    assert val[0] and all(val[1][epoch] == value for epoch, value in val[0].items())

@@ -1,0 +1,234 @@
+"""Atomic checkpoints, the resumable train order, resume=auto, the NaN guard and preemption (in process)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from tests.scale.wandb_records import offline_runs
+from vit_exp import resilience, run
+from vit_exp.resilience import (
+    AtomicCheckpointIO,
+    NonFiniteLossError,
+    Preempted,
+    ResumableSampler,
+    resumable_loader,
+)
+
+HELPERS = "tests.scale.helpers"
+
+
+def _ckpt(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+# --- atomic checkpoints ----------------------------------------------------------------------------------------------
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    io = AtomicCheckpointIO()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"global_step": 1, "w": torch.ones(3)}, path)
+
+    def crash_mid_write(obj: object, f: object, *args: object, **kwargs: object) -> None:
+        f.write(b"\x80\x02half a checkpoint")  # bytes reach the disk, then the process "dies"
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", crash_mid_write)
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint({"global_step": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+
+    saved = _ckpt(path)
+    assert saved["global_step"] == 1 and torch.equal(saved["w"], torch.ones(3))
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+    io.save_checkpoint({"global_step": 3}, path)  # and the next save replaces it
+    assert _ckpt(path)["global_step"] == 3
+
+
+def test_the_trainer_writes_checkpoints_through_it(tiny_cfg) -> None:
+    from hydra.utils import instantiate
+
+    trainer = instantiate(tiny_cfg().trainer, logger=False)
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+# --- the train order -------------------------------------------------------------------------------------------------
+
+
+def _dataset(n: int = 20) -> TensorDataset:
+    return TensorDataset(torch.arange(n))
+
+
+def _epoch(loader: torch.utils.data.DataLoader) -> list[int]:
+    return [int(i) for (batch,) in loader for i in batch]
+
+
+def test_order_depends_on_seed_and_epoch_only() -> None:
+    a = resumable_loader(_dataset(), batch_size=4, seed=1, drop_last=True)
+    b = resumable_loader(_dataset(), batch_size=4, seed=1, drop_last=True)
+    first = _epoch(a)
+    assert first == _epoch(b) and sorted(first) == list(range(20))
+    a.sampler.set_epoch(1)
+    assert _epoch(a) != first  # a new order each epoch
+    assert _epoch(resumable_loader(_dataset(), batch_size=4, seed=2)) != first
+
+
+def test_a_loader_restored_mid_epoch_yields_exactly_the_rest() -> None:
+    loader = resumable_loader(_dataset(), batch_size=4, seed=0, drop_last=True)
+    loader.sampler.set_epoch(3)
+    full = _epoch(loader)
+    it = iter(loader)
+    seen = [int(i) for _ in range(2) for i in next(it)[0]]
+    state = loader.state_dict()
+    assert state == {"epoch": 3, "batches": 2}
+
+    fresh = resumable_loader(_dataset(), batch_size=4, seed=0, drop_last=True)
+    fresh.load_state_dict(state)
+    fresh.sampler.set_epoch(3)  # Lightning sets the epoch again on resume: the position stays
+    rest = _epoch(fresh)
+    assert seen + rest == full and len(fresh) == len(loader) == 5
+    assert fresh.state_dict() == {"epoch": 3, "batches": 5}
+    fresh.sampler.set_epoch(4)  # the next epoch starts from its beginning
+    assert len(_epoch(fresh)) == 20
+
+
+def test_ranks_split_the_epoch_without_overlap() -> None:
+    shards = [set(ResumableSampler(_dataset(), num_replicas=2, rank=r, seed=0)) for r in (0, 1)]
+    assert not shards[0] & shards[1] and shards[0] | shards[1] == set(range(20))
+
+
+# --- resume=auto -----------------------------------------------------------------------------------------------------
+
+
+def test_resume_auto_finds_the_run_directorys_last_checkpoint(tiny_cfg, tmp_path: Path) -> None:
+    cfg = tiny_cfg("resume=auto", run_dir=tmp_path / "run")
+    assert resilience.resume_path(cfg) is None  # nothing yet: start from scratch
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"")
+    assert resilience.resume_path(cfg) == str(last)
+    assert resilience.resume_path(tiny_cfg("ckpt_path=x.ckpt")) == "x.ckpt"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["resume=yes"], "resume=auto"),
+        (["resume=auto", "ckpt_path=x.ckpt"], "give one of them"),
+        (["resume=auto", "callbacks=none"], "callbacks=default"),
+    ],
+)
+def test_resume_auto_misuse_says_what_to_do(tiny_cfg, overrides: list[str], message: str) -> None:
+    with pytest.raises(run.ConfigError, match=message):
+        resilience.resume_path(tiny_cfg(*overrides))
+
+
+# --- NaN / Inf loss --------------------------------------------------------------------------------------------------
+
+EVERY_2_STEPS = ["callbacks.step_checkpoint.every_n_train_steps=2"]
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_cfg, tmp_path: Path) -> None:
+    cfg = tiny_cfg(
+        *EVERY_2_STEPS,
+        "++trainer.limit_train_batches=8",
+        f"+callbacks.poison._target_={HELPERS}.NaNBatch",
+        "+callbacks.poison.steps=[5]",
+    )
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 5 .*last\.ckpt.*action=skip"):
+        run.train(cfg)
+    saved = _ckpt(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert saved["global_step"] == 4  # the step checkpoint before the NaN, not overwritten
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
+
+
+@pytest.mark.filterwarnings("ignore:the training loss is nan")
+def test_skip_drops_the_bad_update_and_trains_on(tiny_cfg, tmp_path: Path) -> None:
+    cfg = tiny_cfg(
+        "++trainer.limit_train_batches=8",
+        "callbacks.nan_guard.action=skip",
+        f"+callbacks.poison._target_={HELPERS}.NaNBatch",
+        "+callbacks.poison.steps=[2,5]",
+    )
+    results = run.train(cfg)
+    assert results.steps == 8 and results.top1 is not None
+    weights = _ckpt(tmp_path / "run" / "checkpoints" / "last.ckpt")["state_dict"]
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+# --- preemption ------------------------------------------------------------------------------------------------------
+
+
+def _fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """SLURM's environment for one task, and a stand-in ``scontrol`` that records its arguments."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol_calls.txt"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    env = {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_NTASKS": "1",
+        "SLURM_JOB_NAME": "vit",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "localhost",
+        "SLURM_NNODES": "1",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return calls
+
+
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")  # resuming into it
+def test_slurm_preemption_saves_requeues_and_the_requeued_job_continues(
+    tiny_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGUSR1 under SLURM: last.ckpt at that step, `scontrol requeue JOBID`, exit status 0; the same command
+    again (the requeued job) continues that checkpoint, in the same run directory and the same W&B run."""
+    calls = _fake_slurm(tmp_path, monkeypatch)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no W&B credentials: offline
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    job = ["resume=auto", "trainer.max_epochs=2", "++trainer.limit_train_batches=6", "logger=wandb"]
+    signalled = [
+        f"+callbacks.preempt._target_={HELPERS}.SignalAtStep",
+        "+callbacks.preempt.step=4",
+        "+callbacks.preempt.signum=SIGUSR1",
+    ]
+    default_handler = signal.getsignal(signal.SIGUSR1)
+    with pytest.raises(Preempted) as exit_info:
+        run.train(tiny_cfg(*job, *signalled))
+    assert exit_info.value.code == 0
+    assert signal.getsignal(signal.SIGUSR1) == default_handler  # handlers restored
+    assert calls.read_text().split() == ["requeue", "4242"]
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    saved = _ckpt(last)
+    assert saved["global_step"] == 5  # saved at the end of the step during which the signal came
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 0, "batches": 5}]
+
+    resumed = run.train(tiny_cfg(*job))  # the requeued job: the same command
+    assert resumed.steps == 12 and resumed.top1 is not None
+    first, second = offline_runs(tmp_path / "run")
+    assert first.run_id == second.run_id and first.preempting
+    assert second.exit_code == 0
+    steps = [row["trainer/global_step"] for row in second.history if "trainer/global_step" in row]
+    assert min(steps) >= 5  # the continued run logs from where the first stopped
+
+
+def test_sigterm_outside_slurm_saves_and_exits_cleanly(tiny_cfg, tmp_path: Path) -> None:
+    cfg = tiny_cfg(
+        "++trainer.limit_train_batches=6",
+        f"+callbacks.preempt._target_={HELPERS}.SignalAtStep",
+        "+callbacks.preempt.step=2",
+    )
+    with pytest.raises(Preempted):
+        run.train(cfg)
+    assert _ckpt(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 3
+    assert not (tmp_path / "scontrol_calls.txt").exists()
