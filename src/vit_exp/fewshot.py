@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 DEFAULT_SHOTS = (1, 5, 10, 25)
+DEFAULT_SEEDS = (0, 1, 2)  # draws of the k shots, averaged
 DEFAULT_L2 = 2.0**10  # big_vision's fixed ridge penalty
 BIAS_CONSTANT = 100.0  # big_vision's bias feature: large, so that the penalty barely touches the bias
 
@@ -71,7 +72,7 @@ def fewshot_accuracy(
     test_x: torch.Tensor,
     test_y: torch.Tensor,
     shots: Sequence[int] = DEFAULT_SHOTS,
-    seeds: Sequence[int] = (0, 1, 2),
+    seeds: Sequence[int] = DEFAULT_SEEDS,
     l2_reg: float = DEFAULT_L2,
 ) -> dict[int, float]:
     """Mean top-1 (0..1) of the ridge classifier for each shot count, over ``seeds`` draws of the shots.

@@ -27,11 +27,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from vit_exp import plots
-from vit_exp.fewshot import DEFAULT_L2, DEFAULT_SHOTS, extract_features, fewshot_accuracy
+from vit_exp.fewshot import DEFAULT_L2, DEFAULT_SEEDS, DEFAULT_SHOTS, extract_features, fewshot_accuracy
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SEEDS = (0, 1, 2)
 
 
 def fewshot_metric(shots: int) -> str:

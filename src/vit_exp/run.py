@@ -124,13 +124,12 @@ def check_hardware(trainer_cfg: DictConfig) -> None:
         )
 
 
-def preprocessing(name: str, model_cfg: DictConfig) -> PretrainedCfg:
-    """The model's published preprocessing (mean, std, crop_pct, interpolation) at the configured size."""
-    from vit_exp.models import get_pretrained_cfg, list_models
+def preprocessing(model_cfg: DictConfig) -> PretrainedCfg:
+    """The model's published preprocessing (mean, std, crop_pct, interpolation) at the configured size:
+    the metadata that ``create_model`` gives the model built from ``model_cfg``."""
+    from vit_exp.models import resolve_pretrained_cfg
 
-    if name in list_models():
-        return get_pretrained_cfg(name)
-    return get_pretrained_cfg(model_cfg.name, model_cfg.img_size)
+    return resolve_pretrained_cfg(model_cfg.name, model_cfg.patch_size, model_cfg.img_size)
 
 
 def build_datamodule(data_cfg: DictConfig, pcfg: PretrainedCfg) -> ViTDataModule:
@@ -191,7 +190,7 @@ def _prepare(cfg: DictConfig) -> tuple[str, Any, Any]:
     import lightning.pytorch as pl
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = build_datamodule(cfg.data, preprocessing(name, cfg.model))
+    datamodule = build_datamodule(cfg.data, preprocessing(cfg.model))
     return name, datamodule, build_model(cfg.model, datamodule.num_classes)
 
 

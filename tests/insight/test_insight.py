@@ -50,8 +50,8 @@ def test_eval_fewshot_of_a_checkpoint_beats_a_random_model(trained_run: Results,
     assert "10-shot linear Top 1 Accuracy" in capsys.readouterr().out
     assert Results.load(tmp_path / "eval" / "results.json").fewshot == evaluated.fewshot
 
-    name = run.validate(cfg)
-    datamodule = run.build_datamodule(cfg.data, run.preprocessing(name, cfg.model))
+    run.validate(cfg)
+    datamodule = run.build_datamodule(cfg.data, run.preprocessing(cfg.model))
     torch.manual_seed(0)
     random_model = run.build_model(cfg.model, 10)
     random_init = insight.fewshot_eval(random_model, datamodule, shots=[10], test_split="test")[10]
@@ -107,8 +107,8 @@ def test_attention_images_log_to_a_wandb_style_logger(tiny_cfg) -> None:
             self.calls.append(dict(key=key, images=images, step=step, **kwargs))
 
     cfg = tiny_cfg("trainer.max_epochs=2")
-    name = run.validate(cfg)
-    datamodule = run.build_datamodule(cfg.data, run.preprocessing(name, cfg.model))
+    run.validate(cfg)
+    datamodule = run.build_datamodule(cfg.data, run.preprocessing(cfg.model))
     from vit_exp.module import ViTModule
 
     module = ViTModule(run.build_model(cfg.model, 10), num_classes=10, optimizer=lambda p: torch.optim.SGD(p, lr=0.1))

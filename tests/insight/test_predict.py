@@ -50,7 +50,7 @@ def test_predictor_matches_the_test_pipeline(trained_run: Results, digit_images)
     cfg = compose("train", ["model=vit_test"], folder)
     from vit_exp import run
 
-    dm = run.build_datamodule(cfg.data, run.preprocessing(run.validate(cfg), cfg.model))
+    dm = run.build_datamodule(cfg.data, run.preprocessing(cfg.model))
     dm.setup("test")
     x, y = next(iter(dm.test_dataloader()))
     with torch.no_grad():

@@ -137,3 +137,11 @@ def test_compiles_without_graph_breaks():
     assert explanation.graph_break_count == 0, explanation.break_reasons
     hybrid = create_model("vit_base_r50", img_size=32, depth=1, num_classes=10)
     assert torch._dynamo.explain(hybrid)(torch.randn(1, 3, 32, 32)).graph_break_count == 0
+
+
+@pytest.mark.parametrize("name, patch, res", [("vit_base", 32, 384), ("vit_test", 4, 16), ("vit_base_patch16_224", None, 384)])
+def test_resolve_pretrained_cfg_is_what_create_model_attaches(name, patch, res):
+    from vit_exp.models import resolve_pretrained_cfg
+
+    kw = {"patch_size": patch} if patch else {}
+    assert resolve_pretrained_cfg(name, patch, res) == create_model(name, img_size=res, depth=1, **kw).pretrained_cfg

@@ -9,6 +9,7 @@ from vit_exp.models.variants import (
     list_families,
     list_models,
     resolve_name,
+    resolve_pretrained_cfg,
 )
 from vit_exp.models.vit import VisionTransformer
 
@@ -23,4 +24,5 @@ __all__ = [
     "load_checkpoint",
     "load_state_dict_file",
     "resolve_name",
+    "resolve_pretrained_cfg",
 ]

@@ -227,6 +227,15 @@ def _architecture(name: str, img_size: int | None, patch_size: int | None) -> tu
     return canonical, kwargs, cfg
 
 
+def resolve_pretrained_cfg(name: str, patch_size: int | None = None, img_size: int | None = None) -> PretrainedCfg:
+    """The metadata that ``create_model(name, patch_size=..., img_size=...)`` attaches to its model.
+
+    Raises:
+        ValueError: unknown name, or an impossible patch/resolution pair.
+    """
+    return _architecture(name, img_size, patch_size)[2]
+
+
 def create_model(
     name: str,
     num_classes: int | None = None,
