@@ -1,4 +1,4 @@
-"""Training-recipe machinery: global batch and lr scaling, Mixup/CutMix, repeated augmentation, mAP."""
+"""Training-recipe machinery: global batch and lr scaling, Mixup/CutMix, random erasing, repeated augmentation, mAP."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import logging
 import pytest
 import torch
 
+from tests.conftest import compose
+from vit_exp.data.datamodule import ViTDataModule
+from vit_exp.data.digits import DigitsSource
 from vit_exp.data.mixup import MixupCutmix
 from vit_exp.data.samplers import RepeatedAugSampler
 from vit_exp.scaling import plan, scaled_lr
@@ -74,8 +77,17 @@ def test_multilabel_map_is_one_for_a_perfect_ranking():
     assert module.metrics["val_mAP"].compute().item() == pytest.approx(1.0)
 
 
+def test_deit_recipe_erases_as_deit(tmp_path):
+    """DeiT's random erasing (p 0.25, mode pixel) composes, and its whole train_aug builds a datamodule."""
+    train_aug = compose("train", ["experiment=deit_small_imagenet"], tmp_path).data.train_aug
+    assert train_aug.random_erasing == {"prob": 0.25, "mode": "pixel"}
+    dm = ViTDataModule(DigitsSource(), img_size=224, train_aug=train_aug)
+    assert (dm.erasing.prob, dm.erasing.mode) == (0.25, "pixel")
+    assert dm.train_transform is not dm.eval_transform
+
+
 def test_recipe_machinery_in_a_run(tiny_cfg, caplog):
-    """Mixup + repeated augmentation + lr scaling through train.py's code path: the run trains and logs the plan."""
+    """Mixup, random erasing, repeated augmentation, lr scaling through train.py's code path: trains, logs the plan."""
     from vit_exp.run import train
 
     cfg = tiny_cfg(
@@ -83,6 +95,7 @@ def test_recipe_machinery_in_a_run(tiny_cfg, caplog):
         "data.batch_size=32",
         "data.repeated_aug=3",
         "mixup={mixup_alpha: 0.8, cutmix_alpha: 1.0}",
+        "data.train_aug={random_erasing: {prob: 1.0, mode: pixel}}",
         "lr_scaling.rule=linear",
         "lr_scaling.base_batch=64",
         "optim.lr=1e-3",

@@ -23,11 +23,12 @@ def _run(task: str, cfg: DictConfig, module: str = "run") -> Any:
     import importlib
 
     from vit_exp import run
+    from vit_exp.launch import RankFailedError
     from vit_exp.resilience import NonFiniteLossError
 
     try:
         return getattr(importlib.import_module(f"vit_exp.{module}"), task)(cfg)
-    except (run.ConfigError, run.HardwareError, NonFiniteLossError) as e:
+    except (run.ConfigError, run.HardwareError, NonFiniteLossError, RankFailedError) as e:
         if _in_sweep():
             raise  # Hydra records the job as failed and the sweep goes on (sys.exit would end the sweep)
         sys.exit(f"error: {e}")

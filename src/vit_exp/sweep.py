@@ -40,7 +40,7 @@ def job_record(num: int, job_return: JobReturn, output_dir: Path) -> dict[str, A
         "overrides": list(job_return.overrides or []),
         "status": "FAILED" if failed else "COMPLETED",
         "objective": value if isinstance(value, (int, float)) and not isinstance(value, bool) else None,
-        "error": f"{type(job_return._return_value).__name__}: {job_return._return_value}" if failed else None,
+        "error": _error_line(job_return._return_value) if failed else None,
         "run_dir": str(output_dir),
     }
     results = output_dir / "results.json"
@@ -48,6 +48,14 @@ def job_record(num: int, job_return: JobReturn, output_dir: Path) -> dict[str, A
         saved = json.loads(results.read_text())
         record.update({k: saved.get(k) for k in RESULT_KEYS})
     return record
+
+
+def _error_line(error: BaseException) -> str:
+    """One line for the table: the message, or for a multi-line one (a rank's traceback, as submitit reports it)
+    its last line, which names the exception that ended the job."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[-1] if len(lines) > 1 else (lines[0] if lines else "")
+    return f"{type(error).__name__}: {text}"
 
 
 def _split(override: str) -> tuple[str, str]:

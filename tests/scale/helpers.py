@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,3 +31,18 @@ class NaNBatch(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if trainer.global_step in self.steps:
             batch[0].fill_(float("nan"))
+
+
+class CrashOnRank(pl.Callback):
+    """Raise on one rank only when the training step ``step`` starts (a bug or a bad record on that rank); the
+    other ranks first stall for ``others_stall_s`` (a slow step), so that they meet the dead rank late."""
+
+    def __init__(self, rank: int, step: int, others_stall_s: float = 0.0) -> None:
+        self.rank, self.step, self.others_stall_s = rank, step, others_stall_s
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step != self.step:
+            return
+        if trainer.global_rank == self.rank:
+            raise RuntimeError(f"crash on rank {self.rank} at step {self.step}")
+        time.sleep(self.others_stall_s)

@@ -4,10 +4,13 @@ one offline W&B run per job, read back from its .wandb file."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
+import pytest
 import yaml
 
+from tests.conftest import ROOT
 from tests.scale.conftest import QUICK, read_csv
 from tests.scale.wandb_records import offline_runs
 
@@ -66,3 +69,83 @@ def test_submitit_local_launcher_runs_each_job_in_its_own_process(cli, tmp_path:
     jobs = read_csv(sweep / "summary.csv")
     assert [(float(j["optim.lr"]), j["status"]) for j in jobs] == [(1e-3, "COMPLETED"), (3e-4, "COMPLETED")]
     assert all((sweep / j["job"] / "results.json").is_file() for j in jobs)
+
+
+# A job of two ranks whose rank 1 raises at step 2 (job 0) or never (job 1).
+CRASH_RANK_1 = ["+callbacks.crash._target_=tests.scale.helpers.CrashOnRank", "+callbacks.crash.rank=1"]
+
+
+def test_a_rank_that_fails_fails_its_job_and_the_sweep_goes_on(cli, tmp_path: Path) -> None:
+    """Lightning starts rank 1 (hw=ddp_sim). Rank 0 is in a 8 s step when rank 1 dies: Lightning's own watcher
+    would SIGKILL this process, sweep and all, within 5 s; vit_exp.launch.RankWatcher fails the job instead."""
+    out = cli("-m", *QUICK, "hw=ddp_sim", *CRASH_RANK_1, "+callbacks.crash.step=2,-1",
+              "+callbacks.crash.others_stall_s=8", "hydra.sweep.dir=sweep", expect=None)  # fmt: skip
+    assert out.returncode == 1, out.stderr[-3000:]  # the basic sweeper reports the failed job after every job ran
+    jobs = read_csv(tmp_path / "sweep" / "summary.csv")
+    assert [(j["callbacks.crash.step"], j["status"]) for j in jobs] == [("2", "FAILED"), ("-1", "COMPLETED")]
+    assert jobs[0]["error"].startswith("RankFailedError: rank 1 (pid ") and "exited with code 1" in jobs[0]["error"]
+    assert "RuntimeError: crash on rank 1 at step 2" in out.stderr  # the rank's own traceback, for the user
+
+
+def test_one_task_per_rank_writes_one_run_directory_and_a_failed_rank_fails_only_its_job(cli, tmp_path: Path) -> None:
+    """launcher=local starts trainer.devices tasks per job, as launcher=slurm does on a cluster: the tasks are the
+    job's ranks (one world of 2), rank 1 writes nothing of its own, and a rank's failure is that job's.
+    (PYTHONPATH: submitit's tasks start in this directory and must import tests.scale.helpers.)"""
+    out = cli("-m", *QUICK, "launcher=local", "hw=ddp_sim", *CRASH_RANK_1, "+callbacks.crash.step=2,-1",
+              "hydra.sweep.dir=sweep", expect=None, timeout=600, PYTHONPATH=str(ROOT))  # fmt: skip
+    assert out.returncode == 1, out.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    jobs = read_csv(sweep / "summary.csv")
+    assert [(j["callbacks.crash.step"], j["status"]) for j in jobs] == [("2", "FAILED"), ("-1", "COMPLETED")]
+    assert (
+        jobs[0]["error"]
+        == "RankFailedError: Job (task=1) failed during processing: RuntimeError: crash on rank 1 at step 2"
+    )
+    assert float(jobs[1]["top1"]) > 0 and (sweep / "1" / "results.json").is_file()
+
+    submitit_logs = "\n".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.*"))
+    assert submitit_logs.count("Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2") == 2  # one world per job
+    assert submitit_logs.count("Initializing distributed: GLOBAL_RANK: 0, MEMBER: 1/2") == 2
+    for job in ("0", "1"):
+        logs = list((sweep / job).glob("*.log"))
+        assert (
+            len(logs) == 1 and "GLOBAL_RANK: 0" in logs[0].read_text() and "GLOBAL_RANK: 1" not in logs[0].read_text()
+        )
+    records = sorted(p.name for p in (sweep / "jobs").iterdir())
+    assert records == ["0.json", "1.json"]  # rank 0's only (rank 1 runs no Hydra callbacks)
+
+
+def _launcher_params(*overrides: str) -> dict:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from tests.conftest import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert params.pop("_target_") == "hydra_plugins.vit_exp_launcher.submitit_ranks.SlurmLauncher"
+    return params
+
+
+def test_slurm_jobs_get_one_task_per_gpu_and_srun_ends_a_job_whose_task_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hydra_plugins.vit_exp_launcher.submitit_ranks import make_executor
+
+    stand_in = tmp_path / "bin"
+    stand_in.mkdir()
+    (stand_in / "srun").write_text("#!/bin/sh\n")  # submitit's SLURM executor looks for srun on PATH
+    (stand_in / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stand_in}{os.pathsep}{os.environ['PATH']}")
+
+    params = _launcher_params("launcher=slurm", "hw=multinode", "trainer.devices=8", "trainer.num_nodes=4",
+                              f"hydra.sweep.dir={tmp_path}")  # fmt: skip
+    executor = make_executor("slurm", params)
+    script = executor._executor._make_submission_file_text("python -u -m submitit.core._submit", "uid")
+    assert "#SBATCH --nodes=4" in script and "#SBATCH --ntasks-per-node=8" in script
+    assert "#SBATCH --gpus-per-node=8" in script and "#SBATCH --signal=USR2@120" in script
+    assert "--kill-on-bad-exit=1" in next(line for line in script.splitlines() if line.startswith("srun"))
+
+    with pytest.raises(ValueError, match="set trainer.devices to the number of GPUs per node"):
+        make_executor("slurm", _launcher_params("launcher=slurm", "hw=ddp", f"hydra.sweep.dir={tmp_path}"))

@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from vit_exp.data.erasing import RandomErasing
 from vit_exp.data.samplers import RepeatedAugSampler
 from vit_exp.data.transforms import Transform, build_eval_transform, build_train_transform, normalize
 from vit_exp.resilience import resumable_loader
@@ -41,8 +42,10 @@ class ViTDataModule(pl.LightningDataModule):
         interpolation: Resize filter, e.g. "bicubic".
         mean: Per-channel mean on the [0, 1] scale.
         std: Per-channel standard deviation on the [0, 1] scale.
-        train_aug: Arguments of ``build_train_transform`` (scale, hflip, randaugment, crop); None trains on
-            the evaluation transform (no augmentation).
+        train_aug: Arguments of ``build_train_transform`` (scale, hflip, randaugment, crop), plus
+            ``random_erasing``: arguments of ``RandomErasing`` (prob, mode, ...), applied to normalised
+            training batches on the device; without transform arguments (None) training images get the
+            evaluation transform.
         num_classes: Expected classes; checked against the source's (None: the source's).
         eval_batch_size: Batch size of val/test loaders (None: ``batch_size``).
         test_split: The split ``test`` evaluates (e.g. "val" for ImageNet, whose test labels are not public).
@@ -91,9 +94,18 @@ class ViTDataModule(pl.LightningDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.test_split = test_split
         self.eval_transform = build_eval_transform(img_size, crop_pct, interpolation)
+        transform_args = dict(train_aug or {})
+        erasing = transform_args.pop("random_erasing", None)
         self.train_transform = (
-            build_train_transform(img_size, interpolation, **train_aug) if train_aug else self.eval_transform
+            build_train_transform(img_size, interpolation, **transform_args) if transform_args else self.eval_transform
         )
+        if erasing is not None and not isinstance(erasing, Mapping):
+            raise ValueError(
+                f"train_aug.random_erasing must be a mapping of RandomErasing's arguments, got {erasing!r}; "
+                "write e.g. random_erasing: {prob: 0.25, mode: pixel}"
+            )
+        # Erasing works on whole normalised batches on the device (on_after_batch_transfer), not per image.
+        self.erasing = RandomErasing(**erasing) if erasing else None
         self.datasets: dict[str, Dataset] = {}
 
     @property
@@ -142,4 +154,9 @@ class ViTDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         x, y = batch
-        return normalize(x, self.mean, self.std), y
+        x = normalize(x, self.mean, self.std)
+        # Training batches only (the trainer's stage is VALIDATING etc. otherwise); before Mixup/CutMix, which
+        # the LightningModule applies in training_step, as in timm.
+        if self.erasing is not None and self.trainer is not None and self.trainer.training:
+            x = self.erasing(x)
+        return x, y

@@ -5,7 +5,7 @@ the length of an ordinary one."""
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data.distributed import DistributedSampler
