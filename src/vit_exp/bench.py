@@ -3,7 +3,9 @@
     python -m vit_exp.bench --model vit_base_patch16_224 --batch-size 128 --precision bf16 --compile
 
 Prints, for each implementation: training images/s (forward + backward + AdamW step), inference images/s,
-peak device memory, and model-FLOPs utilisation (MFU: model FLOPs per second over the device's peak).
+peak device memory, and model-FLOPs utilisation (MFU: model FLOPs per second over the device's peak), and each
+one's speed relative to timm in eager mode. ``--compile`` adds each implementation under ``torch.compile`` beside
+its eager run.
 """
 
 from __future__ import annotations
@@ -82,13 +84,15 @@ class Bench:
     model: nn.Module
 
 
-def prepare(impl: str, build: Callable[[], nn.Module], args: argparse.Namespace, device: torch.device) -> Bench:
+def prepare(
+    impl: str, build: Callable[[], nn.Module], args: argparse.Namespace, device: torch.device, compile: bool = False
+) -> Bench:
     torch.manual_seed(0)
     model = build().to(device)
     # Mixed precision as Lightning's "bf16-mixed": fp32 master weights, autocast compute.
     dtype = DTYPES[args.precision]
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-    fwd = torch.compile(model) if args.compile else model
+    fwd = torch.compile(model) if compile else model
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
     y = torch.randint(0, 1000, (args.batch_size,), device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
@@ -144,7 +148,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     p.add_argument("--batch-size", type=int, default=None, help="default: 128 on GPU, 8 on CPU")
     p.add_argument("--img-size", type=int, default=None, help="default: the variant's")
     p.add_argument("--precision", choices=list(DTYPES), default=None, help="default: bf16 on GPU, fp32 on CPU")
-    p.add_argument("--compile", action="store_true", help="torch.compile both implementations")
+    p.add_argument("--compile", action="store_true", help="also time both implementations under torch.compile")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10, help="steps per timed round")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
@@ -180,16 +184,30 @@ def main(argv: list[str] | None = None) -> list[Result]:
         f"compile={args.compile}, {dev_name}, torch {torch.__version__}"
     )
     print(f"model FLOPs: {flops / 1e9:.2f} GFLOPs/image forward; peak: {f'{peak:.0f} TFLOP/s' if peak else 'unknown'}")
-    results = measure([prepare(name, build, args, device) for name, build in impls], args, device, flops, peak)
-    print(f"{'impl':<14}{'train img/s':>13}{'infer img/s':>13}{'peak mem':>11}{'train MFU':>11}")
+    benches = [prepare(name, build, args, device) for name, build in impls]
+    if args.compile:
+        benches += [prepare(f"{name} compiled", build, args, device, compile=True) for name, build in impls]
+    results = measure(benches, args, device, flops, peak)
+    print(report(results))
+    return results
+
+
+def report(results: list[Result]) -> str:
+    """The table of results; speeds also relative to timm's eager run, when there is one."""
+    reference = next((r for r in results if r.impl.startswith("timm") and not r.impl.endswith("compiled")), None)
+    width = max(len(r.impl) for r in results) + 2
+    lines = [f"{'impl':<{width}}{'train img/s':>13}{'infer img/s':>13}{'peak mem':>11}{'train MFU':>11}"]
+    if reference:
+        lines[0] += f"{'train vs timm eager':>21}{'infer vs timm eager':>21}"
     for r in results:
         mem = f"{r.peak_mem_gib:.2f} GiB" if r.peak_mem_gib is not None else "-"
         mfu = f"{100 * r.train_mfu:.1f}%" if r.train_mfu is not None else "-"
-        print(f"{r.impl:<14}{r.train_ips:>13.1f}{r.infer_ips:>13.1f}{mem:>11}{mfu:>11}")
-    if len(results) == 2:
-        a, b = results
-        print(f"vit_exp / timm: train {a.train_ips / b.train_ips:.3f}x, infer {a.infer_ips / b.infer_ips:.3f}x")
-    return results
+        line = f"{r.impl:<{width}}{r.train_ips:>13.1f}{r.infer_ips:>13.1f}{mem:>11}{mfu:>11}"
+        if reference:
+            train, infer = r.train_ips / reference.train_ips, r.infer_ips / reference.infer_ips
+            line += f"{train:>20.3f}x{infer:>20.3f}x"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
