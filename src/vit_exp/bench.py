@@ -14,8 +14,8 @@ import argparse
 import contextlib
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
         torch.backends.cudnn.allow_tf32 = True
 
     args.img_size = args.img_size or get_pretrained_cfg(args.model).img_size
-    ours = lambda: create_model(args.model, img_size=args.img_size)  # noqa: E731
+    ours = lambda: create_model(args.model, img_size=args.img_size)
     with torch.device("meta"):  # shapes only
         flops = model_flops_per_image(create_model(args.model, img_size=args.img_size), args.img_size)
     peak = peak_tflops(device, args.precision, args.peak_tflops)
