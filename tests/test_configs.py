@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -141,16 +140,14 @@ def test_cfg_job_answers_without_torch() -> None:
         "import sys, runpy; sys.argv = ['train.py', '--cfg', 'job']; runpy.run_path('train.py', run_name='__main__');"
         "heavy = {'torch', 'lightning'} & set(sys.modules); assert not heavy, heavy"
     )
-    start = time.perf_counter()
     out = subprocess.run(
         [sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
     assert "name: vit_micro" in out.stdout
-    assert time.perf_counter() - start < 15  # ~0.5 s on an idle machine; generous for a loaded CI
 
 
-@pytest.mark.parametrize(("profile", "strategy"), [("fsdp", "FSDPStrategy"), ("ddp_sim", "DDPStrategy")])
+@pytest.mark.parametrize(("profile", "strategy"), [("fsdp", "AtomicFSDPStrategy"), ("ddp_sim", "DDPStrategy")])
 def test_strategy_objects_instantiate(profile: str, strategy: str, tmp_path: Path) -> None:
     from hydra.utils import instantiate
 

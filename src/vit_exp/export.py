@@ -74,7 +74,11 @@ def main(argv: list[str] | None = None) -> float:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="variant or family name, e.g. vit_base_patch16_384; not needed for our .ckpt")
-    p.add_argument("--ckpt", help="local checkpoint (.pth, .npz, .safetensors, or a .ckpt written by train.py)")
+    p.add_argument(
+        "--ckpt",
+        help="local checkpoint: .pth, .npz, .safetensors, or a .ckpt written by train.py (a file, or the directory "
+        "of a sharded FSDP checkpoint)",
+    )
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--img-size", type=int, default=None)
     p.add_argument("--format", choices=["onnx", "torch"], default="onnx")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vit_exp.run import PREPROCESSING, ConfigError, build_model, checkpoint_config
+from vit_exp.run import PREPROCESSING, ConfigError, build_model, checkpoint_hparams
 
 if TYPE_CHECKING:
     import torch
@@ -45,18 +45,16 @@ def load_run(path: str | Path) -> tuple[VisionTransformer, dict[str, Any]]:
         (model, the checkpoint's hyper-parameters: ``config``, ``class_names``, ``num_classes``, ...).
 
     Raises:
-        ConfigError: no such file, or a file that stores no run config (e.g. published weights).
+        ConfigError: no such file (or sharded checkpoint directory), or one that stores no run config (e.g.
+            published weights).
     """
-    import torch
-
     from vit_exp.models import load_checkpoint
 
-    config = checkpoint_config(path)
-    hparams = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["hyper_parameters"]
-    model_cfg = OmegaConf.create({**config["model"], "pretrained": None})  # the weights are the checkpoint's
-    model = build_model(model_cfg, config["model"]["num_classes"])
+    hparams = checkpoint_hparams(path)
+    model_cfg = OmegaConf.create({**hparams["config"]["model"], "pretrained": None})  # weights: the checkpoint's
+    model = build_model(model_cfg, model_cfg.num_classes)
     load_checkpoint(model, path)
-    return model.eval(), {**hparams, "config": config}
+    return model.eval(), hparams
 
 
 def eval_preprocessing(

@@ -2,6 +2,8 @@
 
 - ``resume=auto`` (``resume_path``): continue from the run directory's ``checkpoints/last.ckpt`` if there is one.
 - ``AtomicCheckpointIO``: a checkpoint is replaced whole or not at all (temporary file, then ``os.replace``).
+- ``AtomicFSDPStrategy``: the same for FSDP's sharded checkpoints, which are directories (written beside the
+  old one, then swapped in by renames; ``resume=auto`` finishes a swap that a crash cut short).
 - ``Preemption``: SIGTERM/SIGUSR1 save ``last.ckpt`` on every rank at the next step boundary, requeue the
   SLURM job, and exit with status 0; the requeued job finds the checkpoint with ``resume=auto``.
 - ``NonFiniteLossGuard``: a NaN/Inf loss stops the run before the update (or skips the step).
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -27,7 +30,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.fabric.utilities.load import _METADATA_FILENAME
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -49,7 +55,8 @@ def resume_path(cfg: DictConfig) -> str | None:
     ``resume=auto`` looks in the run directory itself (``paths.output_dir``), at the file the
     ``callbacks.last_checkpoint`` callback writes (``checkpoints/last.ckpt``): give the run a fixed directory
     (``hydra.run.dir=outputs/my_run``, or a SLURM job id) and the same command continues it after a crash or a
-    requeue, and starts it when there is nothing to continue.
+    requeue, and starts it when there is nothing to continue. A sharded save that died between its two renames
+    left the previous checkpoint at ``.last.ckpt.old``: it is put back first (``recover_interrupted_swap``).
 
     Raises:
         ConfigError: an unknown ``resume`` value, both ``resume=auto`` and ``ckpt_path``, or ``resume=auto``
@@ -73,6 +80,7 @@ def resume_path(cfg: DictConfig) -> str | None:
             "resume=auto continues from callbacks.last_checkpoint, which this config has none of; use callbacks=default"
         )
     path = Path(last.dirpath) / f"{last.filename}.ckpt"  # a file, or a directory for FSDP's sharded checkpoints
+    recover_interrupted_swap(path)
     if path.exists():
         log.info("resume=auto: continuing from %s", path)
         return str(path)
@@ -107,6 +115,77 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def swap_names(path: Path) -> tuple[Path, Path]:
+    """(``.NAME.partial``, ``.NAME.old``) beside checkpoint ``path``: where a sharded save writes, and where the
+    checkpoint it replaces waits while the new one is renamed into place. Hidden, and not ending in ``.ckpt``."""
+    return path.with_name(f".{path.name}.partial"), path.with_name(f".{path.name}.old")
+
+
+def recover_interrupted_swap(path: Path) -> bool:
+    """Put the previous checkpoint back at ``path`` when a save died between its two renames (only
+    ``.NAME.old`` is there); True if it did.
+
+    Safe when every rank of a job calls it at once: one rename wins, the others find ``path`` in place.
+    """
+    old = swap_names(path)[1]
+    if path.exists() or not old.exists():
+        return False
+    try:
+        old.rename(path)
+    except FileNotFoundError:  # another rank of this job put it back first
+        return False
+    log.warning("%s was missing: a save stopped between its two renames; put back the previous one from %s", path, old)
+    return True
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint file or directory if there is one."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+class AtomicFSDPStrategy(FSDPStrategy):
+    """Lightning's ``FSDPStrategy`` whose sharded checkpoints are replaced whole or not at all.
+
+    A sharded checkpoint is a directory (one ``__R_0.distcp`` file per rank, torch.distributed.checkpoint's
+    ``.metadata`` and Lightning's ``meta.pt``), which Lightning writes in place: a crash during a save would
+    leave old and new shards mixed and no usable checkpoint. Here every rank writes into ``.NAME.partial``
+    beside it, and once all are done rank 0 swaps it in: ``NAME`` -> ``.NAME.old``, ``.NAME.partial`` ->
+    ``NAME``, then deletes ``.NAME.old``. A crash leaves the previous checkpoint whole at ``NAME``, or, between
+    the two renames, at ``.NAME.old``, from where ``resume=auto`` (``resume_path``) puts it back. Full state
+    dicts (``state_dict_type="full"``, one file) go through the checkpoint_io plugin, atomic already.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: _PATH, storage_options: Any | None = None) -> None:
+        if self._state_dict_type != "sharded" or storage_options is not None:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        path = Path(self.broadcast(str(filepath)))  # rank 0's name, so that all ranks write into one directory
+        partial, old = swap_names(path)
+        if self.is_global_zero:
+            _remove(partial)  # what a save that crashed left behind
+        self.barrier("AtomicFSDPStrategy.save_checkpoint:clean")  # no rank writes before it is gone
+        super().save_checkpoint(checkpoint, partial)
+        if self.is_global_zero:
+            # DCP's save returns after every rank's shards and the index are written (and fsynced); meta.pt, which
+            # rank 0 wrote last, is the one file left to flush before the rename makes the checkpoint current.
+            with open(partial / _METADATA_FILENAME, "rb") as f:
+                os.fsync(f.fileno())
+            if path.exists():
+                _remove(old)  # a swap that died after its second rename left it; path is whole
+                path.rename(old)
+            partial.rename(path)
+            _remove(old)
+        self.barrier("AtomicFSDPStrategy.save_checkpoint:swapped")  # no rank reads path before it is swapped in
+
+    def remove_checkpoint(self, filepath: _PATH) -> None:
+        super().remove_checkpoint(filepath)  # rank 0, through the checkpoint_io plugin: a file or a directory
+        if self.is_global_zero and "://" not in str(filepath):
+            for leftover in swap_names(Path(filepath)):
+                _remove(leftover)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -40,9 +39,7 @@ def test_notebook_executes(path: Path, tmp_path: Path, monkeypatch: pytest.Monke
     book = nbformat.read(path, as_version=4)
     at = next(i for i, c in enumerate(book.cells) if "parameters" in c.metadata.get("tags", []))
     book.cells.insert(at + 1, nbformat.v4.new_code_cell(f"OUTPUT_DIR = {str(tmp_path / 'out')!r}"))
-    start = time.perf_counter()
     NotebookClient(book, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for c in book.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
-    assert time.perf_counter() - start < 240
     assert list((tmp_path / "out").iterdir())  # it wrote where it was told, not into the repository

@@ -4,17 +4,19 @@ Lightning allows FSDP on CUDA only: its accelerator connector rejects ``type(str
 CPU accelerator (a subclass is not checked), and it hands FSDP ``device_id=None`` on the CPU, which torch's
 FSDP refuses ("FSDP needs a non-CPU accelerator device"). torch's FSDP itself runs on the CPU with gloo when it
 is given ``device_id=cpu``: wrapping the model that way first lets the rest of Lightning's strategy (sharded
-checkpoints, optimizer state, resume) run unchanged.
+checkpoints, optimizer state, resume) run unchanged. It subclasses the strategy that ``hw=fsdp`` uses
+(``AtomicFSDPStrategy``), so that the tests run its atomic sharded saves.
 """
 
 from __future__ import annotations
 
 import torch
-from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
+from vit_exp.resilience import AtomicFSDPStrategy
 
-class CPUFSDPStrategy(FSDPStrategy):
+
+class CPUFSDPStrategy(AtomicFSDPStrategy):
     def _setup_model(self, model: nn.Module) -> nn.Module:
         from torch.distributed.fsdp import FullyShardedDataParallel
 

@@ -12,8 +12,10 @@ from torch.utils.data import TensorDataset
 
 from tests.scale.wandb_records import offline_runs
 from vit_exp import resilience, run
+from vit_exp.models.checkpoint import load_distributed_checkpoint
 from vit_exp.resilience import (
     AtomicCheckpointIO,
+    AtomicFSDPStrategy,
     NonFiniteLossError,
     Preempted,
     ResumableSampler,
@@ -56,6 +58,108 @@ def test_the_trainer_writes_checkpoints_through_it(tiny_cfg) -> None:
 
     trainer = instantiate(tiny_cfg().trainer, logger=False)
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+# --- atomic sharded (FSDP) checkpoints: one process, no process group, as torch.distributed.checkpoint allows ---------
+
+
+def _save_sharded(path: Path, step: int) -> None:
+    """What Lightning hands the strategy at a save: the module's state, optimizer states, the rest (meta.pt)."""
+    checkpoint = {
+        "state_dict": {"model.pos_embed": torch.full((2, 3), float(step))},
+        "optimizer_states": [],
+        "global_step": step,
+        "hyper_parameters": {"config": {"model": {"name": "vit_test"}}},
+    }
+    AtomicFSDPStrategy(state_dict_type="sharded").save_checkpoint(checkpoint, path)
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in directory.iterdir()}
+
+
+def _step(path: Path) -> int:
+    weights = load_distributed_checkpoint(path)["model.pos_embed"]
+    meta = run.checkpoint_hparams(path)  # meta.pt, where the reader looks for it (weights_only=True)
+    assert meta["config"]["model"]["name"] == "vit_test"
+    return int(weights[0, 0])
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_a_sharded_save_that_dies_leaves_the_previous_checkpoint_intact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    _save_sharded(path, 1)
+    assert path.is_dir() and sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+    before = _files(path)
+
+    def die_mid_write(state: dict, checkpoint_id: Path, **kwargs: object) -> None:
+        (Path(checkpoint_id) / "__0_0.distcp").write_bytes(b"half a shard")  # bytes reach the disk, then it dies
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(dcp, "save", die_mid_write)
+    with pytest.raises(OSError, match="No space left"):
+        _save_sharded(path, 2)
+    assert _files(path) == before and _step(path) == 1  # byte for byte the previous checkpoint, and it loads
+    assert (tmp_path / "checkpoints" / ".last.ckpt.partial").is_dir()  # the crashed save's leftovers, aside
+    monkeypatch.undo()
+
+    _save_sharded(path, 3)  # the next save clears them and replaces the checkpoint
+    assert _step(path) == 3 and sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_a_save_cut_between_its_two_renames_is_put_back_by_resume_auto(
+    tiny_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    checkpoints = tmp_path / "run" / "checkpoints"
+    path = checkpoints / "last.ckpt"
+    _save_sharded(path, 1)
+    rename = Path.rename
+
+    def die_before_the_second(self: Path, target: Path) -> Path:
+        if self.name.endswith(".partial"):
+            raise KeyboardInterrupt  # killed between `last.ckpt -> .last.ckpt.old` and `.partial -> last.ckpt`
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", die_before_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        _save_sharded(path, 2)
+    monkeypatch.undo()
+    assert sorted(p.name for p in checkpoints.iterdir()) == [".last.ckpt.old", ".last.ckpt.partial"]
+    with pytest.raises(run.ConfigError, match=r"previous checkpoint at .*\.last\.ckpt\.old; resume=auto puts it back"):
+        run.checkpoint_config(path)  # eval.py / predict.py say where it is, and change nothing
+
+    with caplog.at_level("WARNING", logger="vit_exp.resilience"):
+        assert resilience.resume_path(tiny_cfg("resume=auto")) == str(path)
+    assert "put back the previous one" in caplog.text and _step(path) == 1
+    assert resilience.recover_interrupted_swap(path) is False  # nothing left to put back
+    _save_sharded(path, 3)
+    assert _step(path) == 3 and sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt"]
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_removing_a_sharded_checkpoint_removes_the_directory_and_its_leftovers(tmp_path: Path) -> None:
+    """What ModelCheckpoint does with a checkpoint that fell out of its top k."""
+    path = tmp_path / "step=2.ckpt"
+    _save_sharded(path, 2)
+    (tmp_path / ".step=2.ckpt.partial").mkdir()  # from a save of that name that crashed
+    strategy = AtomicFSDPStrategy(state_dict_type="sharded")
+    strategy.checkpoint_io = AtomicCheckpointIO()
+    strategy.remove_checkpoint(path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_hw_fsdp_uses_the_atomic_strategy(tmp_path: Path) -> None:
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose
+
+    strategy = instantiate(compose("train", ["hw=fsdp"], tmp_path).trainer.strategy)
+    assert type(strategy) is AtomicFSDPStrategy and strategy._state_dict_type == "sharded"
 
 
 # --- the train order -------------------------------------------------------------------------------------------------

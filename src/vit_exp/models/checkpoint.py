@@ -2,19 +2,22 @@
 
 Formats: timm ``.pth``/``.bin`` state dicts (the model card's files, including the legacy ViT-S/16 with a
 linear patch projection and the hybrid), ``.safetensors``, Google's ``.npz`` (google-research/vision_transformer
-and big_vision layouts) and Lightning ``.ckpt`` files written by vit_exp. Each format is turned into a plain
+and big_vision layouts), and Lightning ``.ckpt`` files written by vit_exp: single files, or the directories of
+sharded FSDP checkpoints (torch.distributed.checkpoint), assembled on the CPU. Each format is turned into a plain
 state dict by a pure function; ``adapt_state_dict`` then fits it to the model (resolution, head).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import logging
+import math
+import pickle
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +29,7 @@ log = logging.getLogger(__name__)
 
 StateDict = dict[str, torch.Tensor]
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8})\.[A-Za-z]+$")
+DCP_INDEX = ".metadata"  # torch.distributed.checkpoint's index of a checkpoint directory (which tensor is where)
 
 
 def verify_file_hash(path: Path) -> None:
@@ -48,14 +52,109 @@ def verify_file_hash(path: Path) -> None:
         )
 
 
+def is_distributed_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a torch.distributed.checkpoint directory (e.g. FSDP's sharded ``last.ckpt/``)."""
+    return Path(path).is_dir() and (Path(path) / DCP_INDEX).is_file()
+
+
+_INDEX_MODULE = "torch.distributed.checkpoint.metadata"
+_INDEX_GLOBALS = frozenset({
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("collections", "OrderedDict"),
+})
+
+
+class _IndexUnpickler(pickle.Unpickler):
+    """Unpickles only what a DCP index is made of: its metadata classes, sizes, dtypes, layouts and paths."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        if (module, name) in _INDEX_GLOBALS or dtype:
+            return super().find_class(module, name)
+        if module == _INDEX_MODULE and "." not in name:  # its classes only, not what it imports
+            found = super().find_class(module, name)
+            if isinstance(found, type) and found.__module__ == module:
+                return found
+        raise pickle.UnpicklingError(f"{module}.{name}")
+
+
+def _read_index(path: Path) -> Any:
+    """The ``.metadata`` of a DCP directory, unpickled only if it holds nothing but an index.
+
+    DCP itself unpickles it as it is (any object, any code); reading it here first, with an allow-list, is
+    what makes loading a sharded checkpoint from elsewhere as safe as ``torch.load(weights_only=True)``.
+
+    Raises:
+        ValueError: it refers to anything else, or is no pickle at all.
+    """
+    try:
+        with open(path / DCP_INDEX, "rb") as f:
+            return _IndexUnpickler(f).load()
+    except pickle.UnpicklingError as e:
+        reason = f"it refers to {e}, which an index does not hold"
+    except Exception as e:  # noqa: BLE001  (truncated or not a pickle: many kinds of error, all the same here)
+        reason = f"{type(e).__name__}: {e}"
+    raise ValueError(
+        f"{path / DCP_INDEX} is not a torch.distributed.checkpoint index ({reason}), so the checkpoint is not read; "
+        "if it is damaged, use another checkpoint of the run (e.g. best.ckpt)"
+    )
+
+
+def load_distributed_checkpoint(path: str | Path, key: str = "model") -> dict[str, torch.Tensor]:
+    """The tensors stored under ``key`` in a torch.distributed.checkpoint directory, whole, on the CPU.
+
+    This is what FSDP's sharded checkpoints are (Lightning's ``state_dict_type="sharded"``: one ``__R_0.distcp``
+    file per rank and the ``.metadata`` index; the module's state under ``model``). The shards are assembled in
+    this process, without a process group, as torch's ``dcp_to_torch_save`` does. Only tensors are read (with
+    ``weights_only=True``): DCP would unpickle other entries unsafely, and a model's weights are all tensors.
+
+    Raises:
+        ValueError: ``path`` is no such directory, its index holds something else, or nothing is under ``key``.
+    """
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    path = Path(path)
+    if not is_distributed_checkpoint(path):
+        raise ValueError(
+            f"{path} is a directory, but not a sharded checkpoint: it has no {DCP_INDEX} (the index that "
+            "torch.distributed.checkpoint writes last, so an unfinished save has none); pass a checkpoint file, or "
+            "the directory that an FSDP run (hw=fsdp) saved, such as checkpoints/last.ckpt"
+        )
+    index = _read_index(path)
+    if not isinstance(index, Metadata):
+        raise ValueError(f"{path / DCP_INDEX} holds a {type(index).__name__}, not a torch.distributed.checkpoint index")
+
+    class TensorsOnly(_EmptyStateDictLoadPlanner):
+        def _should_include_key(self, fqn: str, metadata: Metadata) -> bool:
+            tensor = isinstance(metadata.state_dict_metadata[fqn], TensorStorageMetadata)
+            return tensor and super()._should_include_key(fqn, metadata)
+
+    state: dict[str, Any] = {}
+    _load_state_dict(state, storage_reader=FileSystemReader(path), planner=TensorsOnly(keys={key}), no_dist=True)
+    if not state.get(key):
+        stored = sorted({fqn.split(".")[0] for fqn in index.state_dict_metadata})
+        raise ValueError(f"{path} holds no tensors under {key!r} (its entries: {', '.join(stored) or 'none'})")
+    return state[key]
+
+
 def load_state_dict_file(path: str | Path, model: nn.Module | None = None) -> StateDict:
     """Read a checkpoint file into a flat state dict with timm/vit_exp key names.
 
     Args:
-        path: A ``.pth``/``.pt``/``.bin``/``.ckpt`` (torch), ``.safetensors`` or ``.npz`` file.
+        path: A ``.pth``/``.pt``/``.bin``/``.ckpt`` (torch), ``.safetensors`` or ``.npz`` file, or the directory
+            of a sharded (FSDP) checkpoint.
         model: Needed for ``.npz`` files only, to know the depth and hybrid stages to read.
     """
     path = Path(path)
+    if path.is_dir():
+        return unwrap_state_dict(load_distributed_checkpoint(path))
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; pass the path of a local file")
     verify_file_hash(path)
