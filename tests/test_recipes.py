@@ -67,6 +67,32 @@ def test_repeated_augmentation_sends_each_copy_to_another_rank():
     assert list(samplers[0]) != per_rank[0]
 
 
+def test_repeated_augmentation_resumes_mid_epoch_with_each_copy_augmented_apart():
+    from vit_exp.resilience import resumable_loader
+
+    class Draws(torch.utils.data.Dataset):  # item i: (i, a random "augmentation")
+        def __len__(self) -> int:
+            return 12
+
+        def __getitem__(self, i: int) -> torch.Tensor:
+            return torch.tensor([float(i), torch.rand(()).item()])
+
+    def loader() -> torch.utils.data.DataLoader:
+        sampler = RepeatedAugSampler(12, repeats=3, seed=5, keyed=True)
+        sampler.set_epoch(1)
+        return resumable_loader(Draws(), batch_size=3, sampler=sampler, num_workers=2)
+
+    full = torch.cat(list(loader()))
+    image, draw = full[:, 0], full[:, 1]
+    assert all(len(set(draw[image == i].tolist())) == (image == i).sum() for i in image.unique())  # copies differ
+    cut = loader()
+    it = iter(cut)
+    seen = [next(it) for _ in range(2)]
+    resumed = loader()
+    resumed.load_state_dict(cut.state_dict())
+    assert torch.equal(torch.cat(seen + list(resumed)), full)
+
+
 def test_multilabel_map_is_one_for_a_perfect_ranking():
     from vit_exp.models import create_model
     from vit_exp.module import ViTModule

@@ -7,10 +7,11 @@
 - ``Preemption``: SIGTERM/SIGUSR1 save ``last.ckpt`` on every rank at the next step boundary, requeue the
   SLURM job, and exit with status 0; the requeued job finds the checkpoint with ``resume=auto``.
 - ``NonFiniteLossGuard``: a NaN/Inf loss stops the run before the update (or skips the step).
-- ``ResumableSampler`` / ``ResumableLoader`` / ``ExactResume``: the train order is a function of (seed, epoch),
+- ``ResumableSampler`` / ``ResumableLoader`` / ``SeededSamples`` / ``ExactResume``: the train order is a
+  function of (seed, epoch), each sample's augmentation a function of (seed, epoch, its place in the epoch),
   the position within the epoch and the random generators are part of the checkpoint, so a run killed
-  mid-epoch and resumed ends bit for bit where an uninterrupted one does (Lightning saves loaders that have
-  ``state_dict``/``load_state_dict``). Streamed sources (``IterableDataset``: shards, HF streaming) restart
+  mid-epoch and resumed ends bit for bit where an uninterrupted one does, whatever the number of loader
+  workers (Lightning saves loaders that have ``state_dict``/``load_state_dict``). Streamed sources (``IterableDataset``: shards, HF streaming) restart
   their epoch's stream on resume instead.
 """
 
@@ -407,12 +408,23 @@ class ResumableSampler(DistributedSampler):
     """Shuffled indices that depend only on (seed, epoch), each process taking every world-size'th one, and
     which can start part-way through an epoch (``resume``).
 
-    A ``DistributedSampler``, so Lightning uses it as it is under DDP instead of wrapping it in its own.
+    A ``DistributedSampler``, so Lightning uses it as it is under DDP instead of wrapping it in its own. With
+    ``keyed=True`` it yields ``(index, sample_seed)`` pairs for a ``SeededSamples`` data set: each draw's
+    augmentation seed is a function of (seed, epoch, its place in the epoch).
     """
 
-    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True):
+    def __init__(
+        self,
+        dataset: Dataset,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+        keyed: bool = False,
+    ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
         self.start = 0  # indices of this epoch (for this process) already consumed
+        self.keyed = keyed
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
@@ -423,10 +435,52 @@ class ResumableSampler(DistributedSampler):
         """Make the next iteration the rest of ``epoch``, from its ``start``-th index on."""
         self.epoch, self.start = epoch, start
 
-    def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
+    def indices(self) -> list[int]:
+        """This process's indices of the current epoch, in order (the sampling rule; subclasses change it)."""
+        return list(super().__iter__())
+
+    def __iter__(self) -> Iterator[Any]:
+        indices = self.indices()
         start, self.start = self.start, 0
-        return iter(indices[start:])
+        if not self.keyed:
+            return iter(indices[start:])
+        epoch_key = _mix(_mix(self.seed) ^ self.epoch)
+        # this process's k-th index is the epoch's (rank + k * num_replicas)-th draw (DistributedSampler's stride)
+        places = range(self.rank + start * self.num_replicas, self.total_size, self.num_replicas)
+        return iter([(index, _mix(epoch_key ^ place) >> 1) for index, place in zip(indices[start:], places)])
+
+
+def _mix(x: int) -> int:
+    """splitmix64's finaliser: well-spread 64-bit seeds from consecutive integers."""
+    x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return x ^ (x >> 31)
+
+
+class SeededSamples(Dataset):
+    """``dataset[(index, seed)]`` is ``dataset[index]`` drawn with torch's generator seeded by ``seed``.
+
+    So a sample's random augmentation (crop, flip, RandAugment: torch's generator) depends on the run's seed,
+    the epoch and its place in the epoch only: not on the number of loader workers, nor on which worker drew
+    it, nor on where a resumed run started. A resume mid-epoch then gives the same images, whatever
+    ``num_workers``. Seeding happens inside a fork of the generator: the caller's state (the main process's,
+    with ``num_workers=0``) is left as it was. A plain index (a replaced sampler) is passed through.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, item: Any) -> Any:
+        if not isinstance(item, tuple):
+            return self.dataset[item]
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
 
 
 class ResumableLoader(DataLoader):
@@ -464,22 +518,32 @@ class ResumableLoader(DataLoader):
         self.sampler.resume(state["epoch"], state["batches"] * self.batch_size)
 
 
-def resumable_loader(dataset: Dataset, batch_size: int, seed: int | None = None, **kwargs: Any) -> ResumableLoader:
-    """A shuffled ``ResumableLoader`` of ``dataset`` for this process (its share under DDP).
+def resumable_loader(
+    dataset: Dataset,
+    batch_size: int,
+    seed: int | None = None,
+    sampler: ResumableSampler | None = None,
+    **kwargs: Any,
+) -> ResumableLoader:
+    """A shuffled ``ResumableLoader`` of ``dataset`` for this process (its share under DDP), each sample
+    augmented with its own seed (``SeededSamples``).
 
     Args:
         dataset: A map-style data set.
         batch_size: Images per process and step.
         seed: Seed of the order; None: the training seed (``PL_GLOBAL_SEED``, set by ``seed_everything``), as
             Lightning's own distributed sampler does.
+        sampler: Another sampling rule (e.g. ``RepeatedAugSampler``), keyed; None: a plain shuffle of this
+            process's share.
         **kwargs: Other ``DataLoader`` arguments (num_workers, drop_last, pin_memory, ...).
     """
     from vit_exp.data._distributed import rank_and_world_size
 
     rank, world_size = rank_and_world_size()
     seed = int(os.environ.get("PL_GLOBAL_SEED", "0")) if seed is None else seed
-    sampler = ResumableSampler(dataset, num_replicas=world_size, rank=rank, seed=seed)
+    if sampler is None:
+        sampler = ResumableSampler(dataset, num_replicas=world_size, rank=rank, seed=seed, keyed=True)
     # Its own generator: creating the iterator then draws no number from the global RNG, whose state ExactResume
-    # restores on resume and which dropout and augmentation use.
+    # restores on resume and which dropout and drop-path use.
     generator = torch.Generator().manual_seed(seed)
-    return ResumableLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator, **kwargs)
+    return ResumableLoader(SeededSamples(dataset), batch_size=batch_size, sampler=sampler, generator=generator, **kwargs)

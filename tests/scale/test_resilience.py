@@ -207,6 +207,53 @@ def test_ranks_split_the_epoch_without_overlap() -> None:
     assert not shards[0] & shards[1] and shards[0] | shards[1] == set(range(20))
 
 
+class RandomCrops(torch.utils.data.Dataset):
+    """Item i: an "augmentation" drawn from torch's generator, as the train transforms draw theirs."""
+
+    def __len__(self) -> int:
+        return 24
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.tensor([float(i), *torch.rand(3).tolist()])
+
+
+def _batches(loader: torch.utils.data.DataLoader, n: int | None = None) -> list[torch.Tensor]:
+    it = iter(loader)
+    return [next(it) for _ in range(n)] if n is not None else list(it)
+
+
+def test_augmentation_depends_on_seed_epoch_and_place_not_on_workers() -> None:
+    def loader(workers: int, seed: int = 0) -> torch.utils.data.DataLoader:
+        return resumable_loader(RandomCrops(), batch_size=4, seed=seed, num_workers=workers, drop_last=True)
+
+    in_process, with_workers = loader(0), loader(2)
+    before = torch.get_rng_state()
+    epoch = _batches(in_process)
+    assert torch.equal(torch.get_rng_state(), before)  # the main process's generator is left alone
+    assert all(torch.equal(a, b) for a, b in zip(epoch, _batches(with_workers), strict=True))
+    assert not torch.equal(torch.cat(epoch), torch.cat(_batches(loader(0, seed=1))))
+    in_process.sampler.set_epoch(1)
+    next_epoch = torch.cat(_batches(in_process))
+    assert not torch.equal(next_epoch[:, 1:].sort(0).values, torch.cat(epoch)[:, 1:].sort(0).values)  # new draws
+
+
+def test_a_resume_mid_epoch_with_workers_yields_the_same_augmented_images() -> None:
+    uninterrupted = resumable_loader(RandomCrops(), batch_size=4, seed=0, num_workers=2, drop_last=True)
+    uninterrupted.sampler.set_epoch(2)
+    full = _batches(uninterrupted)
+
+    cut = resumable_loader(RandomCrops(), batch_size=4, seed=0, num_workers=2, drop_last=True)
+    cut.sampler.set_epoch(2)
+    seen = _batches(cut, 3)
+    state = cut.state_dict()
+    resumed = resumable_loader(RandomCrops(), batch_size=4, seed=0, num_workers=2, drop_last=True)
+    resumed.load_state_dict(state)
+    resumed.sampler.set_epoch(2)
+    rest = _batches(resumed)
+    assert len(seen) + len(rest) == len(full) == 6
+    assert all(torch.equal(a, b) for a, b in zip(seen + rest, full, strict=True))
+
+
 # --- resume=auto -----------------------------------------------------------------------------------------------------
 
 

@@ -126,12 +126,6 @@ class ViTDataModule(pl.LightningDataModule):
     def _loader(self, split: str, train: bool = False) -> DataLoader:
         dataset = self.datasets[split]
         shuffle = train and not isinstance(dataset, IterableDataset)
-        sampler = None
-        if shuffle and self.repeated_aug > 1:
-            rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-            # torch.initial_seed() is the run's seed (seed_everything), the same on every rank.
-            sampler = RepeatedAugSampler(len(dataset), self.repeated_aug, rank, world, seed=torch.initial_seed() % 2**31)
-            shuffle = False
         kwargs = {
             "batch_size": self.batch_size if train else self.eval_batch_size,
             "drop_last": train,
@@ -139,9 +133,17 @@ class ViTDataModule(pl.LightningDataModule):
             "persistent_workers": self.num_workers > 0,
             "pin_memory": torch.cuda.is_available(),
         }
-        if shuffle:  # its position mid-epoch is saved in checkpoints: an exact resume (vit_exp.resilience)
-            return resumable_loader(dataset, **kwargs)
-        return DataLoader(dataset, sampler=sampler, **kwargs)
+        if not shuffle:
+            return DataLoader(dataset, **kwargs)
+        sampler = None
+        if self.repeated_aug > 1:
+            rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+            # torch.initial_seed() is the run's seed (seed_everything), the same on every rank.
+            seed = torch.initial_seed() % 2**31
+            sampler = RepeatedAugSampler(len(dataset), self.repeated_aug, rank, world, seed=seed, keyed=True)
+        # Its position mid-epoch is saved in checkpoints, and each image is augmented with its own seed: an exact
+        # resume (vit_exp.resilience).
+        return resumable_loader(dataset, sampler=sampler, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
