@@ -5,7 +5,9 @@ the length of an ordinary one."""
 from __future__ import annotations
 
 import math
+
 import torch
+
 from vit_exp.resilience import ResumableSampler
 
 
