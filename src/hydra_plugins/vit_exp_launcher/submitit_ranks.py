@@ -24,7 +24,7 @@ from omegaconf import open_dict
 
 log = logging.getLogger(__name__)
 
-try:  # the optional `sweep` extra; without it, these launchers do not exist (and Hydra must not warn)
+try:  # a dependency of vit_exp; should it be missing, Hydra's plugin scan must not fail on this module
     from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 except ImportError:  # pragma: no cover
     submitit_launcher = None
