@@ -478,9 +478,13 @@ class SeededSamples(Dataset):
         if not isinstance(item, tuple):
             return self.dataset[item]
         index, seed = item
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        generator = torch.default_generator  # the CPU one, which the transforms draw from (not torch.manual_seed:
+        state = generator.get_state()  # it also queues a seeding of every CUDA device, 15x the cost)
+        generator.manual_seed(seed)
+        try:
             return self.dataset[index]
+        finally:
+            generator.set_state(state)
 
 
 class ResumableLoader(DataLoader):
