@@ -30,17 +30,25 @@ TINY = [
 ]
 
 
-def compose(config_name: str = "train", overrides: list[str] = (), output_dir: Path | None = None) -> DictConfig:
+def compose(
+    config_name: str = "train",
+    overrides: list[str] = (),
+    output_dir: Path | None = None,
+    return_hydra_config: bool = False,
+) -> DictConfig:
     """Compose ``conf/<config_name>.yaml`` as ``python train.py`` would, outside a Hydra run.
 
-    ``paths.output_dir`` (``${hydra:runtime.output_dir}`` under Hydra) is set to ``output_dir`` when given.
+    ``paths.output_dir`` (``${hydra:runtime.output_dir}`` under Hydra) is set to ``output_dir`` when given;
+    ``return_hydra_config`` keeps the ``hydra`` node (launcher, sweep settings).
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     extra = [f"paths.output_dir={output_dir}"] if output_dir is not None else []
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=list(overrides) + extra)
+        return hydra_compose(
+            config_name=config_name, overrides=list(overrides) + extra, return_hydra_config=return_hydra_config
+        )
 
 
 @pytest.fixture

@@ -145,12 +145,14 @@ class RankWatcher(threading.Thread):
                 break
             self._done.wait(0.1)
         if self.failure is None and (failed := self._failed_rank()):
-            rank, code = failed
-            self.failure = f"rank {rank} (pid {self.procs[rank - 1].pid}) exited with code {code}"
+            self.failure = self._describe(*failed)
         return self.failure
 
+    def _describe(self, rank: int, code: int) -> str:
+        return f"rank {rank} (pid {self.procs[rank - 1].pid}) exited with code {code}"
+
     def _fail(self, rank: int, code: int) -> None:
-        self.failure = f"rank {rank} (pid {self.procs[rank - 1].pid}) exited with code {code}"
+        self.failure = self._describe(rank, code)
         log.error("%s; stopping the job's other ranks", self.failure)
         for proc in self.procs:
             if proc.poll() is None:

@@ -464,8 +464,8 @@ class SeededSamples(Dataset):
     So a sample's random augmentation (crop, flip, RandAugment: torch's generator) depends on the run's seed,
     the epoch and its place in the epoch only: not on the number of loader workers, nor on which worker drew
     it, nor on where a resumed run started. A resume mid-epoch then gives the same images, whatever
-    ``num_workers``. Seeding happens inside a fork of the generator: the caller's state (the main process's,
-    with ``num_workers=0``) is left as it was. A plain index (a replaced sampler) is passed through.
+    ``num_workers``. The generator's state is put back afterwards: the caller's (the main process's, with
+    ``num_workers=0``) is left as it was. A plain index (a replaced sampler) is passed through.
     """
 
     def __init__(self, dataset: Dataset) -> None:
@@ -478,8 +478,10 @@ class SeededSamples(Dataset):
         if not isinstance(item, tuple):
             return self.dataset[item]
         index, seed = item
-        generator = torch.default_generator  # the CPU one, which the transforms draw from (not torch.manual_seed:
-        state = generator.get_state()  # it also queues a seeding of every CUDA device, 15x the cost)
+        # The CPU generator alone, which the transforms draw from: torch.manual_seed would also queue a seeding of
+        # every CUDA device, at 40x the cost per sample.
+        generator = torch.default_generator
+        state = generator.get_state()
         generator.manual_seed(seed)
         try:
             return self.dataset[index]
@@ -537,8 +539,8 @@ def resumable_loader(
         batch_size: Images per process and step.
         seed: Seed of the order; None: the training seed (``PL_GLOBAL_SEED``, set by ``seed_everything``), as
             Lightning's own distributed sampler does.
-        sampler: Another sampling rule (e.g. ``RepeatedAugSampler``), keyed; None: a plain shuffle of this
-            process's share.
+        sampler: Another sampling rule (e.g. ``RepeatedAugSampler``); None: a plain shuffle of this process's
+            share. It is made to yield keyed indices, which the ``SeededSamples`` wrapper here reads.
         **kwargs: Other ``DataLoader`` arguments (num_workers, drop_last, pin_memory, ...).
     """
     from vit_exp.data._distributed import rank_and_world_size
@@ -546,7 +548,8 @@ def resumable_loader(
     rank, world_size = rank_and_world_size()
     seed = int(os.environ.get("PL_GLOBAL_SEED", "0")) if seed is None else seed
     if sampler is None:
-        sampler = ResumableSampler(dataset, num_replicas=world_size, rank=rank, seed=seed, keyed=True)
+        sampler = ResumableSampler(dataset, num_replicas=world_size, rank=rank, seed=seed)
+    sampler.keyed = True
     # Its own generator: creating the iterator then draws no number from the global RNG, whose state ExactResume
     # restores on resume and which dropout and drop-path use.
     generator = torch.Generator().manual_seed(seed)

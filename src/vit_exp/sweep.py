@@ -54,8 +54,7 @@ def _error_line(error: BaseException) -> str:
     """One line for the table: the message, or for a multi-line one (a rank's traceback, as submitit reports it)
     its last line, which names the exception that ended the job."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = lines[-1] if len(lines) > 1 else (lines[0] if lines else "")
-    return f"{type(error).__name__}: {text}"
+    return f"{type(error).__name__}: {lines[-1] if lines else ''}"
 
 
 def _split(override: str) -> tuple[str, str]:

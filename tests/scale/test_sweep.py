@@ -116,13 +116,11 @@ def test_one_task_per_rank_writes_one_run_directory_and_a_failed_rank_fails_only
 
 
 def _launcher_params(*overrides: str) -> dict:
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from tests.conftest import CONF_DIR
+    from tests.conftest import compose
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    cfg = compose("train", list(overrides), return_hydra_config=True)
     params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert params.pop("_target_") == "hydra_plugins.vit_exp_launcher.submitit_ranks.SlurmLauncher"
     return params

@@ -140,7 +140,7 @@ class ViTDataModule(pl.LightningDataModule):
             rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
             # torch.initial_seed() is the run's seed (seed_everything), the same on every rank.
             seed = torch.initial_seed() % 2**31
-            sampler = RepeatedAugSampler(len(dataset), self.repeated_aug, rank, world, seed=seed, keyed=True)
+            sampler = RepeatedAugSampler(len(dataset), self.repeated_aug, rank, world, seed=seed)
         # Its position mid-epoch is saved in checkpoints, and each image is augmented with its own seed: an exact
         # resume (vit_exp.resilience).
         return resumable_loader(dataset, sampler=sampler, **kwargs)
