@@ -10,7 +10,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 
 from tests.conftest import CONF_DIR, ROOT, compose
-from vit_exp.run import ConfigError, HardwareError, validate
+from vit_exp.errors import ConfigError, HardwareError
+from vit_exp.run import validate
 
 CONFIG_FILES = sorted(p.relative_to(CONF_DIR) for p in CONF_DIR.rglob("*.yaml"))
 
@@ -158,7 +159,7 @@ def test_strategy_objects_instantiate(profile: str, strategy: str, tmp_path: Pat
 
 
 def test_a_file_that_is_no_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
-    from vit_exp.run import checkpoint_config
+    from vit_exp.checkpoints import checkpoint_config
 
     (tmp_path / "photo.png").write_bytes(b"\x89PNG not a checkpoint")
     with pytest.raises(ConfigError, match="cannot read .*photo.png as a checkpoint"):

@@ -12,6 +12,7 @@ import torch
 
 from tests.conftest import CONF_DIR, ROOT
 from vit_exp import run
+from vit_exp.errors import ConfigError
 from vit_exp.models import create_model, get_pretrained_cfg
 from vit_exp.results import RESULTS_FILE, Results
 
@@ -73,7 +74,7 @@ def test_outputs_train_then_eval_round_trip(tiny_cfg, tmp_path: Path, capsys: py
 def test_eval_rejects_a_checkpoint_for_other_classes(tiny_cfg, tmp_path: Path) -> None:
     trained = run.train(tiny_cfg("debug=limit", run_dir=tmp_path / "train"))
     cfg = tiny_cfg(f"ckpt_path={trained.checkpoint}", "data.num_classes=7", config_name="eval", run_dir=tmp_path / "e")
-    with pytest.raises(run.ConfigError, match="10 classes"):
+    with pytest.raises(ConfigError, match="10 classes"):
         run.evaluate(cfg)
 
 
@@ -107,14 +108,14 @@ def test_eval_of_published_weights_prints_the_model_card_figures(tiny_cfg, tmp_p
 def test_eval_of_a_file_that_is_not_ours_says_what_to_do(tiny_cfg, tmp_path: Path) -> None:
     weights = tmp_path / "weights.pth"
     torch.save(create_model("vit_test", num_classes=10, img_size=16).state_dict(), weights)
-    with pytest.raises(run.ConfigError, match="model.pretrained="):
+    with pytest.raises(ConfigError, match="model.pretrained="):
         run.evaluate(tiny_cfg(f"ckpt_path={weights}", config_name="eval"))
 
 
 def test_eval_of_a_directory_that_is_no_checkpoint_says_what_to_do(tiny_cfg, tmp_path: Path) -> None:
     """Sharded (FSDP) checkpoints are directories, and are read (tests/scale/test_distributed.py); others are not."""
     (tmp_path / "outputs").mkdir()
-    with pytest.raises(run.ConfigError, match="not a sharded checkpoint of ours .*pass a .ckpt written by train.py"):
+    with pytest.raises(ConfigError, match="not a sharded checkpoint of ours .*pass a .ckpt written by train.py"):
         run.evaluate(tiny_cfg(f"ckpt_path={tmp_path / 'outputs'}", config_name="eval"))
 
 

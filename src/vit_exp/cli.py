@@ -14,7 +14,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")  # the repository's conf/ (editable install)
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")  # the configs ship inside the package
 
 
 def _run(task: str, cfg: DictConfig, module: str = "run") -> Any:
@@ -22,13 +22,11 @@ def _run(task: str, cfg: DictConfig, module: str = "run") -> Any:
     message, no traceback (in a sweep: the job fails and the sweep goes on)."""
     import importlib
 
-    from vit_exp import run
-    from vit_exp.launch import RankFailedError
-    from vit_exp.resilience import NonFiniteLossError
+    from vit_exp.errors import USER_ERRORS
 
     try:
         return getattr(importlib.import_module(f"vit_exp.{module}"), task)(cfg)
-    except (run.ConfigError, run.HardwareError, NonFiniteLossError, RankFailedError) as e:
+    except USER_ERRORS as e:
         if _in_sweep():
             raise  # Hydra records the job as failed and the sweep goes on (sys.exit would end the sweep)
         sys.exit(f"error: {e}")

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> float:
         model = create_model(args.model, num_classes=args.num_classes, img_size=args.img_size, pretrained=args.ckpt)
     elif args.ckpt:
         from vit_exp.predict import load_run
-        from vit_exp.run import ConfigError
+        from vit_exp.errors import ConfigError
 
         try:
             model, _ = load_run(args.ckpt)

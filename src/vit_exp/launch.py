@@ -35,6 +35,8 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
+from vit_exp.errors import RankFailedError
+
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
@@ -47,10 +49,6 @@ GRACE_S = 120.0  # how long a job whose rank failed may take to fail by itself b
 # Hydra overrides for a rank other than 0: it composes the job's config but writes no .hydra/ and no log file
 # (Python's default logging: warnings and errors to stderr, which the launcher keeps).
 QUIET_RANK = ("hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none")
-
-
-class RankFailedError(RuntimeError):
-    """A DDP rank other than this process's exited with an error, so the job cannot go on."""
 
 
 def child_command(local_rank: int) -> tuple[Sequence[str], str]:

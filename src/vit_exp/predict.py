@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vit_exp.run import PREPROCESSING, ConfigError, build_model, checkpoint_hparams
+from vit_exp.checkpoints import checkpoint_hparams
+from vit_exp.errors import ConfigError
+from vit_exp.run import PREPROCESSING, build_model
 
 if TYPE_CHECKING:
     import torch

@@ -38,6 +38,8 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from vit_exp.errors import NonFiniteLossError, Preempted
+
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
@@ -63,7 +65,7 @@ def resume_path(cfg: DictConfig) -> str | None:
         ConfigError: an unknown ``resume`` value, both ``resume=auto`` and ``ckpt_path``, or ``resume=auto``
             without a last-checkpoint callback.
     """
-    from vit_exp.run import ConfigError
+    from vit_exp.errors import ConfigError
 
     resume, ckpt_path = cfg.get("resume"), cfg.get("ckpt_path")
     if resume not in RESUME_MODES:
@@ -193,10 +195,6 @@ class AtomicFSDPStrategy(FSDPStrategy):
 # Preemption
 
 
-class Preempted(SystemExit):
-    """The run saved its state after a preemption signal and stops; a clean exit (status 0 by default)."""
-
-
 def _requeue_slurm_job() -> None:
     """``scontrol requeue`` this SLURM job (array tasks by their ``JOBID_TASKID``), as Lightning does."""
     array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
@@ -300,10 +298,6 @@ def _due(trainer: pl.Trainer) -> bool:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # NaN / Inf loss
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss (or a gradient) became NaN or infinite; the message says where and what to try."""
 
 
 class NonFiniteLossGuard(pl.Callback):

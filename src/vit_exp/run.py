@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from vit_exp.checkpoints import checkpoint_config, no_checkpoint
+from vit_exp.errors import ConfigError, HardwareError
 from vit_exp.results import Results, model_card_results, print_summary
 
 if TYPE_CHECKING:
@@ -28,15 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PREPROCESSING = ("crop_pct", "interpolation", "mean", "std")  # data keys that default to the model's
-SHARDED_META = "meta.pt"  # in a sharded (FSDP) checkpoint directory, what Lightning saves besides the weights
-
-
-class ConfigError(ValueError):
-    """A composed config that cannot run; the message says what to change."""
-
-
-class HardwareError(RuntimeError):
-    """The hardware profile (``hw=...``) asks for a device that this machine does not have."""
 
 
 def validate(cfg: DictConfig) -> str:
@@ -55,7 +48,7 @@ def validate(cfg: DictConfig) -> str:
     for key in ("model.pretrained", "ckpt_path"):
         path = OmegaConf.select(cfg, key)
         if path and not Path(path).exists():  # a file, or the directory of a sharded (FSDP) checkpoint
-            raise _no_checkpoint(f"{key}={path}", Path(path))
+            raise no_checkpoint(f"{key}={path}", Path(path))
     m = cfg.model
     try:
         name = resolve_name(m.name, m.patch_size, m.img_size)
@@ -72,20 +65,6 @@ def validate(cfg: DictConfig) -> str:
             "leave model.num_classes at ${data.num_classes}"
         )
     return name
-
-
-def _no_checkpoint(what: str, path: Path) -> ConfigError:
-    """The error for a checkpoint path with nothing there; it names the previous checkpoint when a sharded save
-    was cut short between its two renames and left it aside."""
-    from vit_exp.resilience import swap_names  # only on this error path: it imports Lightning
-
-    old = swap_names(path)[1]
-    if old.exists():
-        return ConfigError(
-            f"{what} does not exist: a save stopped half-way and left the previous checkpoint at {old}; "
-            f"resume=auto puts it back, or rename it to {path.name}"
-        )
-    return ConfigError(f"{what} does not exist; pass a local checkpoint (a file, or a sharded checkpoint's directory)")
 
 
 def _missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
@@ -334,52 +313,6 @@ def train(cfg: DictConfig) -> Results:
             best_val_top1=best_val_top1,
             steps=trainer.global_step,
         )
-
-
-def checkpoint_hparams(path: str | Path) -> dict[str, Any]:
-    """The hyper-parameters that vit_exp stores in its Lightning checkpoints: ``config`` (the run config),
-    ``class_names``, ``num_classes``, ...; from the file, or from ``meta.pt`` in a sharded checkpoint's directory.
-
-    Raises:
-        ConfigError: nothing at ``path``, a directory that is no sharded checkpoint, or a file that holds no
-            vit_exp config (e.g. a published weights file).
-    """
-    import torch
-
-    from vit_exp.models.checkpoint import DCP_INDEX, is_distributed_checkpoint
-
-    path = Path(path)
-    if not path.exists():
-        raise _no_checkpoint(f"ckpt_path {path}", path)
-    file = path / SHARDED_META if path.is_dir() else path
-    if path.is_dir() and not (is_distributed_checkpoint(path) and file.is_file()):
-        raise ConfigError(
-            f"{path} is a directory but not a sharded checkpoint of ours (those hold {DCP_INDEX} and "
-            f"{SHARDED_META}; a save that did not finish lacks them); pass a .ckpt written by train.py"
-        )
-    try:
-        saved = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # not a torch file at all (an image, a partial download), or an unsafe pickle
-        raise ConfigError(
-            f"cannot read {path} as a checkpoint ({type(e).__name__}); pass a .ckpt written by train.py, "
-            f"or published weights as model.pretrained=..."
-        ) from None
-    hparams = (saved.get("hyper_parameters") or {}) if isinstance(saved, dict) else {}
-    if not hparams.get("config"):
-        raise ConfigError(
-            f"{path} is not a checkpoint written by train.py (it stores no run config); to evaluate published "
-            f"weights use model=<family> res=<size> model.pretrained={path}"
-        )
-    return hparams
-
-
-def checkpoint_config(path: str | Path) -> dict[str, Any]:
-    """The run config that vit_exp stored in one of its Lightning checkpoints (a file or a sharded directory).
-
-    Raises:
-        ConfigError: as ``checkpoint_hparams``.
-    """
-    return checkpoint_hparams(path)["config"]
 
 
 def evaluate(cfg: DictConfig) -> Results:

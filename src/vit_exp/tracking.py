@@ -113,7 +113,7 @@ def finish_runs(loggers: Sequence[Any]) -> Iterator[None]:
     try:
         yield
     except BaseException as e:
-        from vit_exp.resilience import Preempted
+        from vit_exp.errors import Preempted
 
         code = e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 1
         _finish(loggers, code, preempted=isinstance(e, Preempted))

@@ -14,7 +14,7 @@ from vit_exp import export, predict
 from vit_exp.data.digits import DigitsSource
 from vit_exp.models import create_model
 from vit_exp.results import Results
-from vit_exp.run import ConfigError
+from vit_exp.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

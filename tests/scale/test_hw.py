@@ -11,6 +11,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 
 from tests.conftest import compose
 from vit_exp import run
+from vit_exp.errors import HardwareError
 from vit_exp.models.layers import Block
 from vit_exp.resilience import AtomicCheckpointIO
 
@@ -80,5 +81,5 @@ def test_missing_hardware_is_named(
 ) -> None:
     for var in ("SLURM_NTASKS", "MASTER_ADDR", "NODE_RANK"):
         monkeypatch.delenv(var, raising=False)
-    with pytest.raises(run.HardwareError, match=missing):
+    with pytest.raises(HardwareError, match=missing):
         run.check_hardware(compose("train", overrides, tmp_path).trainer)

@@ -12,12 +12,12 @@ from torch.utils.data import TensorDataset
 
 from tests.scale.wandb_records import offline_runs
 from vit_exp import resilience, run
+from vit_exp.checkpoints import checkpoint_config, checkpoint_hparams
+from vit_exp.errors import ConfigError, NonFiniteLossError, Preempted
 from vit_exp.models.checkpoint import load_distributed_checkpoint
 from vit_exp.resilience import (
     AtomicCheckpointIO,
     AtomicFSDPStrategy,
-    NonFiniteLossError,
-    Preempted,
     ResumableSampler,
     resumable_loader,
 )
@@ -80,7 +80,7 @@ def _files(directory: Path) -> dict[str, bytes]:
 
 def _step(path: Path) -> int:
     weights = load_distributed_checkpoint(path)["model.pos_embed"]
-    meta = run.checkpoint_hparams(path)  # meta.pt, where the reader looks for it (weights_only=True)
+    meta = checkpoint_hparams(path)  # meta.pt, where the reader looks for it (weights_only=True)
     assert meta["config"]["model"]["name"] == "vit_test"
     return int(weights[0, 0])
 
@@ -130,8 +130,8 @@ def test_a_save_cut_between_its_two_renames_is_put_back_by_resume_auto(
         _save_sharded(path, 2)
     monkeypatch.undo()
     assert sorted(p.name for p in checkpoints.iterdir()) == [".last.ckpt.old", ".last.ckpt.partial"]
-    with pytest.raises(run.ConfigError, match=r"previous checkpoint at .*\.last\.ckpt\.old; resume=auto puts it back"):
-        run.checkpoint_config(path)  # eval.py / predict.py say where it is, and change nothing
+    with pytest.raises(ConfigError, match=r"previous checkpoint at .*\.last\.ckpt\.old; resume=auto puts it back"):
+        checkpoint_config(path)  # eval.py / predict.py say where it is, and change nothing
 
     with caplog.at_level("WARNING", logger="vit_exp.resilience"):
         assert resilience.resume_path(tiny_cfg("resume=auto")) == str(path)
@@ -276,7 +276,7 @@ def test_resume_auto_finds_the_run_directorys_last_checkpoint(tiny_cfg, tmp_path
     ],
 )
 def test_resume_auto_misuse_says_what_to_do(tiny_cfg, overrides: list[str], message: str) -> None:
-    with pytest.raises(run.ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message):
         resilience.resume_path(tiny_cfg(*overrides))
 
 

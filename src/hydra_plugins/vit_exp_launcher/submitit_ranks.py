@@ -138,7 +138,7 @@ if submitit_launcher is not None:
         def _died(self, num: int, overrides: Sequence[str], error: Exception) -> JobReturn:
             """The return of job ``num``, whose process died (or a rank of it failed): FAILED, and recorded by the
             Hydra callbacks here (the sweep summary), since the job could not do it itself."""
-            from vit_exp.launch import RankFailedError
+            from vit_exp.errors import RankFailedError
 
             error = RankFailedError(_what_failed(error))
             log.error("job #%d (%s) failed: %s", num, " ".join(filter_overrides(overrides)), error)
