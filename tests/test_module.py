@@ -76,3 +76,24 @@ def test_checkpoint_hyperparameters_are_plain() -> None:
     module = _module(optimizer=partial(torch.optim.SGD, lr=0.1), config={"model": {"name": "vit_test"}})
     assert {"num_classes", "multi_label", "label_smoothing", "compile", "config"} <= set(module.hparams)
     assert not {"backbone", "optimizer", "scheduler"} & set(module.hparams)  # objects stay out of checkpoints
+
+
+def test_bf16_true_keeps_losses_and_metrics_in_float32() -> None:
+    """bf16-true (how TPUs run) converts the network; the loss and the metrics' sums stay float32."""
+    module = _module(mixup={"mixup_alpha": 0.8}).to(torch.bfloat16)
+    x, y = torch.randn(4, 3, 16, 16, dtype=torch.bfloat16), torch.tensor([0, 1, 2, 3])
+    loss = module.training_step((x, y), 0)  # mixup's soft targets are bf16 like the images
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    module._eval_step((x, y), "val")
+    assert module.metrics["val_top1"].compute().dtype == torch.float32
+    hits = MultilabelTopKHit(1).to(torch.bfloat16)  # counts of 300M JFT images: not in bf16 (nor in fp32)
+    hits.update(torch.randn(300, 10), torch.ones(300, 10))
+    assert hits.compute().dtype == torch.float32 and hits.total.item() == 300
+
+
+def test_bf16_true_trains_on_the_cpu(tiny_cfg) -> None:
+    """`hw=cpu trainer.precision=bf16-true` failed with `Input type (float) and bias type (c10::BFloat16)`."""
+    from vit_exp import run
+
+    results = run.train(tiny_cfg("trainer.precision=bf16-true"))
+    assert results.steps == 3 and results.top1 is not None

@@ -66,3 +66,10 @@ def test_schedule_drives_lambdalr() -> None:
         sched.step()
     assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert lrs[-1] < 0.01
+
+
+def test_warmup_counts_the_step_being_taken() -> None:
+    """The first update already uses lr / warmup_steps (timm's ``warmup_t`` counting, step + 1), not lr 0; step
+    ``warmup_steps - 1`` reaches the full rate. (The docstring said "from 0"; the values are the default run's.)"""
+    assert [warmup_decay(s, total_steps=100, warmup_steps=4) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert warmup_decay(0, total_steps=100, warmup_steps=1) == 1.0 and warmup_decay(0, total_steps=100) == 1.0

@@ -11,7 +11,7 @@ from tests.conftest import compose
 from vit_exp.data.datamodule import ViTDataModule
 from vit_exp.data.digits import DigitsSource
 from vit_exp.data.mixup import MixupCutmix
-from vit_exp.data.samplers import RepeatedAugSampler
+from vit_exp.data.order import RepeatedAugSampler
 from vit_exp.scaling import plan, scaled_lr
 
 
@@ -68,7 +68,7 @@ def test_repeated_augmentation_sends_each_copy_to_another_rank():
 
 
 def test_repeated_augmentation_resumes_mid_epoch_with_each_copy_augmented_apart():
-    from vit_exp.resilience import resumable_loader
+    from vit_exp.data.order import resumable_loader
 
     class Draws(torch.utils.data.Dataset):  # item i: (i, a random "augmentation")
         def __len__(self) -> int:

@@ -14,9 +14,9 @@ from tests.conftest import CONF_DIR, ROOT
 from vit_exp import run
 from vit_exp.errors import ConfigError
 from vit_exp.models import create_model, get_pretrained_cfg
-from vit_exp.results import RESULTS_FILE, Results
+from vit_exp.results import RESULTS_FILE, Results, model_card_results
 
-MODEL_CONFIGS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+MODEL_CONFIGS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml") if not p.stem.startswith("_"))  # _base: shared
 
 
 @pytest.mark.parametrize("model", MODEL_CONFIGS)
@@ -100,7 +100,7 @@ def test_eval_of_published_weights_prints_the_model_card_figures(tiny_cfg, tmp_p
         published_top1=card.top1,
         published_top5=card.top5,
     )
-    text = run.model_card_results(published)
+    text = model_card_results(published)
     assert "Top 1 Accuracy: 81.00%   (model card, ImageNet: 81.78%)" in text
     assert "Top 5 Accuracy: 95.50%   (model card, ImageNet: 96.13%)" in text
 
@@ -159,17 +159,19 @@ def test_cli_writes_the_run_directory(tmp_path: Path) -> None:
     assert "test top-1" in out.stdout  # the summary table
 
 
-def test_cli_reports_an_impossible_config_without_a_traceback() -> None:
+def test_cli_reports_an_impossible_config_without_a_traceback_and_leaves_no_run_directory(tmp_path: Path) -> None:
+    run_dir = tmp_path / "outputs" / "run"
     out = subprocess.run(
-        [sys.executable, "train.py", "model=vit_base_r50", "patch=32"],
+        [sys.executable, str(ROOT / "train.py"), "model=vit_base_r50", "patch=32", f"hydra.run.dir={run_dir}"],
         check=False,
-        cwd=ROOT,
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert out.returncode == 1
     assert out.stderr.startswith("error: model vit_base_r50") and "Traceback" not in out.stderr
+    assert not run_dir.exists()  # it held only .hydra/ and the log: removed with the failed validation
 
 
 @pytest.mark.slow

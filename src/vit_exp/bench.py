@@ -5,7 +5,8 @@
 Prints, for each implementation: training images/s (forward + backward + AdamW step), inference images/s,
 peak device memory, and model-FLOPs utilisation (MFU: model FLOPs per second over the device's peak), and each
 one's speed relative to timm in eager mode. ``--compile`` adds each implementation under ``torch.compile`` beside
-its eager run.
+its eager run. timm's model is built from the same ``ModelSpec`` (``timm_counterpart``) and must have exactly as
+many parameters as ours, or nothing is timed.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
 
-from vit_exp.models import create_model, get_pretrained_cfg
+from vit_exp.models import ModelSpec, create_model, resolve_spec
 
 # Dense peak TFLOP/s by device-name substring, for MFU (vendor data sheets, SXM parts, no sparsity).
 PEAK_TFLOPS = {
@@ -29,8 +31,55 @@ PEAK_TFLOPS = {
     "A100": {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5},
     "L4": {"bf16": 121.0, "fp16": 121.0, "fp32": 30.3},
 }
-TIMM_NAMES = {"vit_base_resnet50_384": "vit_base_r50_s16_384", "vit_small_augreg_patch16_224": "vit_small_patch16_224"}
+TIMM_HYBRID = "vit_base_r50_s16_384"  # timm's R50+ViT-B/16: its ResNet backbone, at whatever resolution
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def timm_counterpart(spec: ModelSpec) -> nn.Module:
+    """timm's ``VisionTransformer`` with the architecture of ``spec`` (random weights; our state dicts load into it).
+
+    The hybrid is timm's R50+ViT-B/16 at the spec's size. An attention scale other than head_dim ** -0.5 (the
+    legacy ViT-S/16's 768 ** -0.5) is set on every attention module, which puts timm on its explicit attention
+    path: timm's fused path takes no scale.
+
+    Raises:
+        ValueError: an architecture timm does not build (a pre-logits layer).
+        ImportError: timm is not installed.
+    """
+    import timm
+    from timm.models.vision_transformer import VisionTransformer
+
+    kw = spec.kwargs
+    if kw["representation_size"]:
+        raise ValueError(f"timm's VisionTransformer has no pre-logits layer: {spec.arch} has no timm counterpart; "
+                         "run with --no-timm")  # fmt: skip
+    args = {k: kw[k] for k in ("img_size", "in_chans", "num_classes", "global_pool", "embed_dim", "depth", "num_heads",
+                               "mlp_ratio", "qkv_bias", "class_token", "drop_rate", "attn_drop_rate", "drop_path_rate")}  # fmt: skip
+    args.update(norm_layer=partial(nn.LayerNorm, eps=kw["norm_eps"]), fc_norm=False)  # ours: norm, then pool
+    if kw["hybrid_layers"]:
+        model = timm.create_model(TIMM_HYBRID, pretrained=False, **args)
+    else:
+        model = VisionTransformer(patch_size=kw["patch_size"], **args)
+    if kw["attn_scale"] is not None:
+        for block in model.blocks:
+            block.attn.fused_attn = False
+            block.attn.scale = kw["attn_scale"]
+    return model
+
+
+def check_same_size(ours: nn.Module, reference: nn.Module, arch: str) -> int:
+    """The parameter count of both models, which must be equal for their timings to compare.
+
+    Raises:
+        ValueError: the counts differ.
+    """
+    n_ours, n_ref = (sum(p.numel() for p in m.parameters()) for m in (ours, reference))
+    if n_ours != n_ref:
+        raise ValueError(
+            f"{arch}: vit_exp's model has {n_ours / 1e6:.2f}M parameters, the timm reference {n_ref / 1e6:.2f}M: not "
+            "the same architecture, so not timed side by side; run with --no-timm to time vit_exp alone"
+        )
+    return n_ours
 
 
 @dataclass
@@ -163,24 +212,31 @@ def main(argv: list[str] | None = None) -> list[Result]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    args.img_size = args.img_size or get_pretrained_cfg(args.model).img_size
-    ours = lambda: create_model(args.model, img_size=args.img_size)
+    try:
+        spec = resolve_spec(args.model, img_size=args.img_size)
+    except ValueError as e:
+        p.error(str(e))
+    args.img_size = spec.img_size
     with torch.device("meta"):  # shapes only
-        flops = model_flops_per_image(create_model(args.model, img_size=args.img_size), args.img_size)
+        flops = model_flops_per_image(create_model(spec), args.img_size)
     peak = peak_tflops(device, args.precision, args.peak_tflops)
-    impls = [("vit_exp", ours)]
+    impls: list[tuple[str, Callable[[], nn.Module]]] = [("vit_exp", lambda: create_model(spec))]
     if not args.no_timm:
         try:
             import timm
 
-            name = TIMM_NAMES.get(args.model, args.model)
-            impls.append((f"timm {timm.__version__}", lambda: timm.create_model(name, img_size=args.img_size)))
+            with torch.device("meta"):
+                params = check_same_size(create_model(spec), timm_counterpart(spec), spec.arch)
+            impls.append((f"timm {timm.__version__}", lambda: timm_counterpart(spec)))
+            print(f"vit_exp and timm: {params / 1e6:.2f}M parameters each")
         except ImportError:
             print("timm is not installed: showing vit_exp only (pip install timm)")
+        except ValueError as e:
+            p.error(str(e))
 
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(
-        f"{args.model} @ {args.img_size}, batch {args.batch_size}, {args.precision}, "
+        f"{spec.arch} @ {args.img_size}, batch {args.batch_size}, {args.precision}, "
         f"compile={args.compile}, {dev_name}, torch {torch.__version__}"
     )
     print(f"model FLOPs: {flops / 1e9:.2f} GFLOPs/image forward; peak: {f'{peak:.0f} TFLOP/s' if peak else 'unknown'}")

@@ -1,20 +1,39 @@
 """Command-line entry points: ``python train.py`` (or ``vit-train``), ``python eval.py`` (or ``vit-eval``) and
 ``python predict.py`` (or ``vit-predict``).
 
-Only Hydra is imported at start-up, so that ``--help`` and ``--cfg job`` answer at once; torch and Lightning
-come in when a run starts.
+Before Hydra runs, the overrides are checked against the config (``vit_exp.overrides``: a misspelt group or key
+gets the closest real one). Only Hydra and OmegaConf are imported at start-up, so that ``--help`` and
+``--cfg job`` answer at once; torch and Lightning come in when a run starts. A run that stops with a user error
+before it wrote anything of its own leaves no run directory behind.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")  # the configs ship inside the package
+
+
+def model_name(model: DictConfig) -> str:
+    """``${vit_name:${model}}``: the name of the model a config builds (``vit_base_patch32_384``), as the run
+    resolves it (``vit_exp.checks.resolve_model``; an overridden architecture gets a name that says so)."""
+    from vit_exp.checks import resolve_model
+    from vit_exp.errors import ConfigError
+
+    try:
+        return resolve_model(model).arch
+    except ConfigError as e:
+        return f"none ({e})"  # the run stops with the same message
+
+
+OmegaConf.register_new_resolver("vit_name", model_name, replace=True)
 
 
 def _run(task: str, cfg: DictConfig, module: str = "run") -> Any:
@@ -29,6 +48,7 @@ def _run(task: str, cfg: DictConfig, module: str = "run") -> Any:
     except USER_ERRORS as e:
         if _in_sweep():
             raise  # Hydra records the job as failed and the sweep goes on (sys.exit would end the sweep)
+        _remove_unused_run_dir()
         sys.exit(f"error: {e}")
 
 
@@ -39,19 +59,57 @@ def _in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def _remove_unused_run_dir() -> None:
+    """Remove the run directory Hydra made for this run when it holds nothing but ``.hydra/`` and the log: the run
+    stopped before it trained, wrote a checkpoint or a metric (a directory given with files in it stays)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    entries = list(run_dir.iterdir()) if run_dir.is_dir() else []
+    made_by_hydra = any(p.name == ".hydra" and p.is_dir() for p in entries)
+    if made_by_hydra and run_dir != Path.cwd() and all(p.name == ".hydra" or p.suffix == ".log" for p in entries):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _main(task_main: Callable[[], Any], config_name: str) -> Callable[[], Any]:
+    """The console entry point: check the command line's overrides, then hand over to ``hydra.main``."""
+
+    def main() -> Any:
+        from vit_exp.errors import ConfigError
+        from vit_exp.overrides import check_overrides
+
+        try:
+            shown = check_overrides(sys.argv[1:], CONF_DIR, config_name)
+        except ConfigError as e:
+            sys.exit(f"error: {e}")
+        if shown is not None and "model" in shown:  # --cfg: open with the model's name, as a YAML comment
+            print(f"# model: {model_name(shown.model)}  (what the config below builds)")
+        return task_main()
+
+    main.__doc__ = task_main.__doc__
+    return main
+
+
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
-def train(cfg: DictConfig) -> float | None:
+def _train(cfg: DictConfig) -> float | None:
     """Train; return the best val top-1 (%), the value a Hydra sweeper optimises."""
     return _run("train", cfg).best_val_top1
 
 
 @hydra.main(config_path=CONF_DIR, config_name="eval", version_base="1.3")
-def evaluate(cfg: DictConfig) -> float | None:
+def _evaluate(cfg: DictConfig) -> float | None:
     """Evaluate a checkpoint or published weights; return the top-1 (%)."""
     return _run("evaluate", cfg).top1
 
 
 @hydra.main(config_path=CONF_DIR, config_name="predict", version_base="1.3")
-def predict(cfg: DictConfig) -> None:
+def _predict(cfg: DictConfig) -> None:
     """Print the top-k classes of images with a checkpoint of ours or published weights."""
     _run("main", cfg, module="predict")
+
+
+train = _main(_train, "train")
+evaluate = _main(_evaluate, "eval")
+predict = _main(_predict, "predict")

@@ -20,7 +20,7 @@ MAX_BATCH = 4096
 
 
 def _example(model: nn.Module, batch: int = 2) -> torch.Tensor:
-    c, h, w = model.pretrained_cfg.input_size
+    c, h, w = model.spec.preprocessing.input_size
     return torch.randn(batch, c, h, w, generator=torch.Generator().manual_seed(0))
 
 
@@ -70,7 +70,7 @@ def export_program(model: nn.Module, path: str | Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> float:
-    from vit_exp.models import create_model
+    from vit_exp.models import create_model, resolve_spec
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="variant or family name, e.g. vit_base_patch16_384; not needed for our .ckpt")
@@ -85,10 +85,17 @@ def main(argv: list[str] | None = None) -> float:
     p.add_argument("--out", required=True, type=Path)
     args = p.parse_args(argv)
     if args.model:
-        model = create_model(args.model, num_classes=args.num_classes, img_size=args.img_size, pretrained=args.ckpt)
+        from vit_exp.checkpoints import load_weights
+
+        try:
+            model = create_model(resolve_spec(args.model, img_size=args.img_size, num_classes=args.num_classes))
+        except ValueError as e:
+            p.error(str(e))
+        if args.ckpt:
+            load_weights(model, args.ckpt)  # published weights, or a run's .ckpt file or sharded directory
     elif args.ckpt:
-        from vit_exp.predict import load_run
         from vit_exp.errors import ConfigError
+        from vit_exp.predict import load_run
 
         try:
             model, _ = load_run(args.ckpt)

@@ -4,7 +4,7 @@ Frozen pre-logit features, standardised with the mean and standard deviation of 
 per class, a closed-form ridge regression from the features (plus a constant bias feature of 100, so that the
 bias is all but unregularised) to targets in {-1, +1}; top-1 of the regression's argmax on a held-out split;
 the mean over several random draws of the k shots. All as big_vision's ``evaluators/fewshot_lsr.py`` does.
-Torch only: the Lightning callback lives in ``vit_exp.insight``.
+Torch only: the data side is ``vit_exp.fewshot_eval``, the Lightning callback ``vit_exp.callbacks.FewShotEval``.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ Lightning watches the children it starts and, when one exits with an error, SIGK
 process*: a sweep running in that process dies with the job. ``RankWatcher`` replaces that watcher: it stops
 the other children, aborts an NCCL process group so that the job's collectives fail instead of hanging, and
 leaves the job to fail with ``RankFailedError``; only if the job is still stuck after ``GRACE_S`` does it end the
-process as Lightning would. ``ddp_job`` wraps a job's fit and test: it turns the failure into that error and
+process as Lightning would. ``ddp_job`` wraps a job's fit and test: it puts both in place of Lightning's for the
+job only (``vit_exp.compat.launcher_hooks``, undone when the job ends), turns the failure into that error and
 cleans up, so that the next job of a sweep run by the same process starts its own ranks.
 """
 
@@ -77,21 +78,6 @@ def child_command(local_rank: int) -> tuple[Sequence[str], str]:
         *QUIET_RANK,
     ]
     return command, get_original_cwd()
-
-
-def use_child_command() -> None:
-    """Make Lightning's DDP/FSDP launcher start children with ``child_command`` (when Hydra is in use) and watch
-    them with ``RankWatcher``."""
-    from lightning.pytorch.strategies.launchers import subprocess_script
-
-    for name in ("_hydra_subprocess_cmd", "_launch_process_observer"):
-        if not hasattr(subprocess_script, name):  # a Lightning that changed its launcher
-            raise RuntimeError(
-                f"lightning.pytorch.strategies.launchers.subprocess_script.{name} is gone in this Lightning "
-                "version; vit_exp.launch must be updated to start and watch DDP ranks under Hydra"
-            )
-    subprocess_script._hydra_subprocess_cmd = child_command
-    subprocess_script._launch_process_observer = RankWatcher.start_for
 
 
 class RankWatcher(threading.Thread):
@@ -165,16 +151,21 @@ class RankWatcher(threading.Thread):
 
 @contextlib.contextmanager
 def ddp_job(trainer: pl.Trainer) -> Iterator[None]:
-    """Around one job's fit and test: a failed rank becomes ``RankFailedError``; afterwards wait for the ranks
-    this process started, close the process group and remove the launcher's environment variables.
+    """Around one job's fit and test: Lightning's DDP/FSDP launcher starts ranks with ``child_command`` (when Hydra
+    is in use) and watches them with ``RankWatcher``; a failed rank becomes ``RankFailedError``; afterwards wait for
+    the ranks this process started, close the process group, remove the launcher's environment variables and
+    give Lightning back its own launcher functions.
 
     Raises:
         RankFailedError: another rank exited with an error during the job.
     """
+    from vit_exp import compat
+
     saved = {k: os.environ.get(k) for k in DDP_ENV}
     RankWatcher.current = None
     try:
-        yield
+        with compat.launcher_hooks(child_command, RankWatcher.start_for):
+            yield
     except Exception as e:
         watcher = RankWatcher.current
         if watcher is not None and watcher.failed_rank():
@@ -224,9 +215,9 @@ def _abort_nccl() -> None:
 
     try:
         if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
-            from torch.distributed.distributed_c10d import _abort_process_group
+            from vit_exp import compat
 
-            _abort_process_group()
+            compat.abort_process_group()
     except Exception as e:  # noqa: BLE001  (the grace period still ends a hung job)
         log.warning("could not abort the NCCL process group: %s", e)
 

@@ -35,8 +35,9 @@ class MultilabelTopKHit(torchmetrics.Metric):
     def __init__(self, top_k: int) -> None:
         super().__init__()
         self.top_k = top_k
-        self.add_state("hits", torch.tensor(0.0), dist_reduce_fx="sum")
-        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+        # Integer counts: exact at any size, and untouched when a bf16-true run converts the module's floats.
+        self.add_state("hits", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("total", torch.tensor(0), dist_reduce_fx="sum")
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
         top = logits.topk(self.top_k, dim=-1).indices  # (B, k)
@@ -44,11 +45,17 @@ class MultilabelTopKHit(torchmetrics.Metric):
         self.total += target.shape[0]
 
     def compute(self) -> torch.Tensor:
-        return self.hits / self.total.clamp(min=1)
+        return self.hits.float() / self.total.clamp(min=1).float()
+
+
+def _float32(target: torch.Tensor) -> torch.Tensor:
+    """Soft or multi-hot targets in float32 (bf16 after Mixup in a bf16-true run); class ids as they are."""
+    return target.float() if target.is_floating_point() else target
 
 
 class ViTModule(pl.LightningModule):
-    """Image classification with a ViT.
+    """Image classification with a ViT. ``train.py`` builds it from the ``module:`` node of ``conf/train.yaml``
+    (``vit_exp.build.build_module``), which carries the loss, optimizer, schedule, mixup and compile settings.
 
     Args:
         backbone: The network, e.g. ``vit_exp.models.create_model(...)``; kept as ``self.model`` so that
@@ -112,11 +119,16 @@ class ViTModule(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's output in float32 (a no-op in 32-bit runs): under ``*-true`` half precision (TPUs run
+        bf16-true) losses and metrics are still computed and summed in float32."""
+        return self(x).float()
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         if self.mixup is not None:
             x, y = self.mixup(x, y)
-        loss = self.criterion(self(x), y)
+        loss = self.criterion(self._logits(x), _float32(y))
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -128,7 +140,7 @@ class ViTModule(pl.LightningModule):
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
-        logits = self(x)
+        logits, y = self._logits(x), _float32(y)
         self.log(f"{stage}/loss", self.criterion(logits, y), sync_dist=True)
         for k in TOP_K:
             metric = self.metrics[f"{stage}_top{k}"]
@@ -137,7 +149,7 @@ class ViTModule(pl.LightningModule):
         if self.hparams.multi_label:
             self.metrics[f"{stage}_mAP"].update(logits, y.long())
             self.log(f"{stage}/mAP", self.metrics[f"{stage}_mAP"])
-        return logits  # to callbacks as `outputs` (vit_exp.insight.RunPlots: the confusion matrix)
+        return logits  # to callbacks as `outputs` (vit_exp.callbacks.RunPlots: the confusion matrix)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._eval_step(batch, "val")

@@ -6,9 +6,10 @@ Both are chosen in ``conf/optim`` and ``conf/sched`` and wired by ``vit_exp.modu
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:  # torch stays out of the config checks that import DECAYS
+    from torch import nn
 
 DECAYS = ("cosine", "linear", "constant")
 
@@ -44,10 +45,13 @@ def param_groups(model: nn.Module, weight_decay: float | None = None) -> list[di
 def warmup_decay(
     step: int, total_steps: int, warmup_steps: int = 0, decay: str = "cosine", min_lr_ratio: float = 0.0
 ) -> float:
-    """Learning-rate multiplier at ``step``: linear warmup from 0, then cosine, linear or no decay.
+    """Learning-rate multiplier at ``step``: linear warmup to 1, then cosine, linear or no decay.
 
     The ViT paper warms up linearly for 10k steps, then decays linearly (pretraining) or with a cosine
     (fine-tuning), to zero. Use with ``torch.optim.lr_scheduler.LambdaLR`` stepped every optimizer step.
+    The warmup counts the step being taken (timm's ``warmup_t`` style, ``step + 1``): the first update uses
+    ``1 / warmup_steps`` of the learning rate, not 0 (an update at lr 0 would be a wasted step), and step
+    ``warmup_steps - 1`` reaches the full rate.
 
     Args:
         step: Optimizer steps taken so far (0 for the first).

@@ -42,6 +42,26 @@ def read_metrics(path: str | Path) -> Series:
     return series
 
 
+def is_accuracy(metric: str) -> bool:
+    """Whether a logged metric is an accuracy (a fraction in metrics.csv, drawn in percent as tables give it)."""
+    return metric.endswith(("/top1", "/top5")) or metric.startswith("fewshot/")
+
+
+def _drawn(metric: str, points: list[tuple[int, float]]) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """(steps, values) as drawn: accuracies in percent."""
+    steps, values = zip(*points)
+    return steps, tuple(100 * v for v in values) if is_accuracy(metric) else values
+
+
+def _lr_lines(series: Series, keys: list[str]) -> list[tuple[str, list[str]]]:
+    """(label, keys) per learning-rate line: groups on the same schedule share one line labelled with all of them
+    (``lr-AdamW/pg1 = pg2``: AdamW's decayed and non-decayed groups), so that no line hides another."""
+    same: dict[tuple[tuple[int, float], ...], list[str]] = {}
+    for key in keys:
+        same.setdefault(tuple(series[key]), []).append(key)
+    return [(ks[0] + "".join(f" = {k.rsplit('/', 1)[-1]}" for k in ks[1:]), ks) for ks in same.values()]
+
+
 def _panels(series: Series) -> list[tuple[str, list[str]]]:
     """(title, metric names) of the curve panels: loss, learning rate, top-1 (whichever were logged)."""
     lr = sorted(k for k in series if k.startswith("lr-"))
@@ -52,7 +72,8 @@ def _panels(series: Series) -> list[tuple[str, list[str]]]:
 
 
 def plot_training_curves(metrics_csv: str | Path, out: str | Path | None = None) -> Figure:
-    """Loss, learning rate and top-1 against the step, one panel each; saved as PNG when ``out`` is given.
+    """Loss, learning rate and top-1 (in percent) against the step, one panel each; saved as PNG when ``out``
+    is given. Learning-rate groups on the same schedule are drawn as one line that names them all.
 
     Raises:
         ValueError: the file holds none of those metrics.
@@ -67,14 +88,18 @@ def plot_training_curves(metrics_csv: str | Path, out: str | Path | None = None)
             "is it the metrics.csv of a training run?"
         )
     fig = Figure(figsize=(4.5 * len(panels), 3.4), layout="constrained")
+    styles = ("-", "--", ":", "-.")
     for ax, (title, keys) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
-        for key in keys:
-            steps, values = zip(*series[key])
-            many = len(steps) > 1
-            ax.plot(steps, values, label=key, marker=None if many else "o")
+        lines = _lr_lines(series, keys) if title == "learning rate" else [(k, [k]) for k in keys]
+        for i, (label, (key, *_)) in enumerate(lines):
+            steps, values = _drawn(key, series[key])
+            marker = None if len(steps) > 1 else "o"
+            ax.plot(steps, values, label=label, marker=marker, linestyle=styles[i % len(styles)])
         ax.set(title=title, xlabel="step")
         if title == "learning rate":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+        elif title == "top-1":
+            ax.set_ylabel("%")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     if out is not None:
@@ -150,7 +175,7 @@ def figure_to_array(fig: Figure) -> np.ndarray:
 
 
 def plot_runs(metrics_csvs: dict[str, str | Path], metric: str = "val/top1") -> Figure:
-    """One metric of several runs against the step, a line per run (e.g. the jobs of a sweep).
+    """One metric of several runs against the step, a line per run (e.g. the jobs of a sweep); accuracies in percent.
 
     Args:
         metrics_csvs: {label: the run's metrics.csv}; runs that did not log ``metric`` are left out.
@@ -163,10 +188,10 @@ def plot_runs(metrics_csvs: dict[str, str | Path], metric: str = "val/top1") -> 
     for label, path in metrics_csvs.items():
         points = read_metrics(path).get(metric)
         if points:
-            ax.plot(*zip(*points), marker="o" if len(points) == 1 else None, label=label)
+            ax.plot(*_drawn(metric, points), marker="o" if len(points) == 1 else None, label=label)
     if not ax.lines:
         raise ValueError(f"none of the runs logged {metric!r}")
-    ax.set(xlabel="step", ylabel=metric, title=metric)
+    ax.set(xlabel="step", ylabel=f"{metric} (%)" if is_accuracy(metric) else metric, title=metric)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return fig

@@ -3,8 +3,9 @@
 The model is a checkpoint of ours (it stores its run config, so the architecture is rebuilt from it, and the
 class names of its data) or published weights (``model=<family> model.pretrained=<file>``). Images go through
 the model's evaluation preprocessing: ``build_eval_transform`` (resize, center crop) and ``normalize`` with
-the mean and std it was trained with. Class names: ImageNet's for a 1000-class head (torchvision ships
-them), else those stored in the checkpoint, else a text file (``class_names=``), else the class indices.
+the mean and std it was trained with. Class names: a text file (``class_names=``) when given, else those stored
+in the checkpoint, else ImageNet's for a 1000-class head of weights not trained here (published weights;
+torchvision ships the names), else the class indices.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vit_exp.checkpoints import checkpoint_hparams
+from vit_exp.checkpoints import checkpoint_hparams, load_weights
 from vit_exp.errors import ConfigError
-from vit_exp.run import PREPROCESSING, build_model
 
 if TYPE_CHECKING:
     import torch
@@ -50,12 +50,11 @@ def load_run(path: str | Path) -> tuple[VisionTransformer, dict[str, Any]]:
         ConfigError: no such file (or sharded checkpoint directory), or one that stores no run config (e.g.
             published weights).
     """
-    from vit_exp.models import load_checkpoint
+    from vit_exp.models import create_model
 
     hparams = checkpoint_hparams(path)
-    model_cfg = OmegaConf.create({**hparams["config"]["model"], "pretrained": None})  # weights: the checkpoint's
-    model = build_model(model_cfg, model_cfg.num_classes)
-    load_checkpoint(model, path)
+    model = create_model(**{**hparams["config"]["model"], "pretrained": None})  # weights: the checkpoint's
+    load_weights(model, path)  # a .ckpt file or a sharded (FSDP) directory
     return model.eval(), hparams
 
 
@@ -63,21 +62,25 @@ def eval_preprocessing(
     model: VisionTransformer, data_cfg: dict[str, Any] | None = None
 ) -> tuple[Transform, tuple[float, ...], tuple[float, ...]]:
     """(uint8 transform, mean, std) the model is evaluated with: the data config's values where it set them
-    (as the run did), else the model's published ones (``pretrained_cfg``)."""
+    (as the run did), else those of its ``spec`` (its family at its resolution)."""
     from vit_exp.data.transforms import build_eval_transform
+    from vit_exp.models import PREPROCESSING
 
-    pcfg = model.pretrained_cfg
-    chosen = {k: (data_cfg or {}).get(k) if (data_cfg or {}).get(k) is not None else getattr(pcfg, k)
+    own = model.spec.preprocessing
+    chosen = {k: (data_cfg or {}).get(k) if (data_cfg or {}).get(k) is not None else getattr(own, k)
               for k in PREPROCESSING}  # fmt: skip
-    transform = build_eval_transform(pcfg.img_size, chosen["crop_pct"], chosen["interpolation"])
+    transform = build_eval_transform(own.img_size, chosen["crop_pct"], chosen["interpolation"])
     return transform, tuple(chosen["mean"]), tuple(chosen["std"])
 
 
 def resolve_class_names(
-    num_classes: int, stored: Sequence[str] | None = None, file: str | Path | None = None
+    num_classes: int,
+    stored: Sequence[str] | None = None,
+    file: str | Path | None = None,
+    published: bool = False,
 ) -> list[str]:
-    """Names for a head of ``num_classes``: a text file (one per line) when given, ImageNet's for 1000
-    classes, the names stored with the model, else the indices.
+    """Names for a head of ``num_classes``: a text file (one per line) when given, else the names stored with
+    the model, else ImageNet's for a 1000-class head of ``published`` weights, else the indices.
 
     Raises:
         ConfigError: the file's or the stored names' count differs from the head's.
@@ -85,10 +88,10 @@ def resolve_class_names(
     if file is not None:
         names = [line.strip() for line in Path(file).read_text().splitlines() if line.strip()]
         source = str(file)
-    elif num_classes == IMAGENET_CLASSES:
-        return imagenet_class_names()
     elif stored:
         names, source = list(stored), "the checkpoint"
+    elif published and num_classes == IMAGENET_CLASSES:
+        return imagenet_class_names()
     else:
         return [str(i) for i in range(num_classes)]
     if len(names) != num_classes:
@@ -132,7 +135,8 @@ class Predictor:
     def from_checkpoint(cls, path: str | Path, class_names_file: str | Path | None = None) -> Predictor:
         """From a checkpoint written by ``train.py``: its architecture, weights, preprocessing and class names."""
         model, hparams = load_run(path)
-        return cls.from_model(model, hparams["config"].get("data"), hparams.get("class_names"), class_names_file)
+        data_cfg, names = hparams["config"].get("data"), hparams.get("class_names")
+        return cls.from_model(model, data_cfg, names, class_names_file, published=False)
 
     @classmethod
     def from_model(
@@ -141,10 +145,12 @@ class Predictor:
         data_cfg: dict[str, Any] | None = None,
         class_names: Sequence[str] | None = None,
         class_names_file: str | Path | None = None,
+        published: bool = True,
     ) -> Predictor:
-        """From a built model (e.g. ``create_model(..., pretrained=FILE)``), with its published preprocessing
-        unless ``data_cfg`` sets it."""
-        names = resolve_class_names(model.num_classes, class_names, class_names_file)
+        """From a built model (e.g. ``create_model(..., pretrained=FILE)``), with its spec's preprocessing unless
+        ``data_cfg`` sets it; ``published``: weights not trained here, ImageNet's names for a 1000-class head
+        that has none of its own."""
+        names = resolve_class_names(model.num_classes, class_names, class_names_file, published)
         return cls(model.eval(), names, *eval_preprocessing(model, data_cfg))
 
     def probabilities(self, images: Sequence[str | Path | Image.Image], batch_size: int = 32) -> torch.Tensor:
@@ -193,8 +199,10 @@ def main(cfg: DictConfig) -> list[list[tuple[str, float]]]:
     if cfg.get("ckpt_path"):
         predictor = Predictor.from_checkpoint(cfg.ckpt_path, cfg.get("class_names"))
     else:
+        from vit_exp.models import create_model
+
         try:
-            model = build_model(cfg.model, cfg.model.get("num_classes"))
+            model = create_model(**OmegaConf.to_container(cfg.model, resolve=True))
         except (FileNotFoundError, ValueError) as e:  # unknown model, missing or unfitting weights file
             raise ConfigError(str(e)) from None
         predictor = Predictor.from_model(model, class_names_file=cfg.get("class_names"))

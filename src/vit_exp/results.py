@@ -1,12 +1,21 @@
-"""What a run reports: ``results.json`` in the run directory, and the same figures printed as a table."""
+"""What a run reports: its figures gathered after test, ``results.json`` in the run directory, and the same
+figures printed as a table (training) or in the model card's form (evaluation)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+    from vit_exp.data.datamodule import ViTDataModule
 
 RESULTS_FILE = "results.json"
 
@@ -42,6 +51,51 @@ class Results:
     @classmethod
     def load(cls, path: str | Path) -> Results:
         return cls(**json.loads(Path(path).read_text()))
+
+
+def percent(value: Any) -> float | None:
+    """A fraction (float or tensor) in percent, as the model card gives accuracies."""
+    return None if value is None else round(100 * float(value), 4)
+
+
+def checkpoint_callbacks(trainer: pl.Trainer) -> tuple[Any, Any]:
+    """(the checkpoint callback with a monitor: the best, the one without: the latest), either may be None."""
+    callbacks = trainer.checkpoint_callbacks
+    return next((c for c in callbacks if c.monitor), None), next((c for c in callbacks if not c.monitor), None)
+
+
+def report(
+    trainer: pl.Trainer,
+    datamodule: ViTDataModule,
+    model: str,
+    params: int,
+    run_dir: str,
+    start: float,
+    show: Callable[[Results], None],
+    **extra: Any,
+) -> Results:
+    """The figures of a run whose ``trainer.test`` has just finished; rank 0 saves them in ``run_dir`` and shows
+    them. ``start``: the run's ``time.perf_counter()`` at its start; ``extra``: further ``Results`` fields."""
+    try:
+        images = len(datamodule.datasets[datamodule.test_split])
+    except (TypeError, KeyError):  # a stream of unknown length
+        images = None
+    results = Results(
+        model=model,
+        data=datamodule.name,
+        split=datamodule.test_split,
+        top1=percent(trainer.callback_metrics.get("test/top1")),
+        top5=percent(trainer.callback_metrics.get("test/top5")),
+        params=params,
+        wall_time_s=round(time.perf_counter() - start, 2),
+        run_dir=run_dir,
+        images=images,
+        **extra,
+    )
+    if trainer.is_global_zero:
+        results.save(run_dir)
+        show(results)
+    return results
 
 
 def _short(path: str | None) -> str:

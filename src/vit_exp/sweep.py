@@ -23,6 +23,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from vit_exp import compat
+
 log = logging.getLogger(__name__)
 
 RECORDS = "jobs"
@@ -34,13 +36,13 @@ RESULT_KEYS = ("best_val_top1", "top1", "top5", "steps", "wall_time_s")  # from 
 def job_record(num: int, job_return: JobReturn, output_dir: Path) -> dict[str, Any]:
     """What the table says about job ``num`` of a sweep, which has just ended."""
     failed = job_return.status != JobStatus.COMPLETED
-    value = None if failed else job_return._return_value
+    value = None if failed else compat.job_return_value(job_return)
     record: dict[str, Any] = {
         "job": num,
         "overrides": list(job_return.overrides or []),
         "status": "FAILED" if failed else "COMPLETED",
         "objective": value if isinstance(value, (int, float)) and not isinstance(value, bool) else None,
-        "error": _error_line(job_return._return_value) if failed else None,
+        "error": _error_line(compat.job_return_value(job_return)) if failed else None,
         "run_dir": str(output_dir),
     }
     results = output_dir / "results.json"

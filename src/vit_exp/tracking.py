@@ -14,6 +14,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.loggers import WandbLogger
+
+from vit_exp.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 WANDB_HOST = "api.wandb.ai"
@@ -34,13 +38,13 @@ def run_id(save_dir: str | Path) -> str:
     """The W&B run id of this run directory: the one saved in ``RUN_DIR/wandb/run_id``, or a new one saved there."""
     import secrets
 
-    from lightning.fabric.utilities.rank_zero import _get_rank
+    from vit_exp import compat
 
     path = Path(save_dir) / RUN_ID_FILE
     if path.is_file():
         return path.read_text().strip()
     new_id = secrets.token_hex(6)  # W&B's own id maker is internal (wandb.sdk.lib.runid)
-    if not _get_rank():  # other DDP ranks log nothing; only rank 0 keeps the id
+    if not compat.process_rank():  # other DDP ranks log nothing; only rank 0 keeps the id
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(new_id + "\n")
     return new_id
@@ -57,6 +61,22 @@ def _sweep_identity() -> tuple[str | None, str | None]:
     return str(hc.sweep.dir), hc.job.override_dirname or f"job {hc.job.num}"
 
 
+class ScopedWandbLogger(WandbLogger):
+    """Lightning's ``WandbLogger``, whose offline mode is its own run's: Lightning sets ``WANDB_MODE`` for the whole
+    process when it starts an offline run (W&B reads it then); it is put back as it was once the run has started."""
+
+    @property
+    def experiment(self) -> Any:
+        saved = os.environ.get("WANDB_MODE")
+        try:
+            return super().experiment
+        finally:
+            if saved is None:
+                os.environ.pop("WANDB_MODE", None)
+            else:
+                os.environ["WANDB_MODE"] = saved
+
+
 def wandb_logger(
     project: str,
     save_dir: str,
@@ -69,7 +89,8 @@ def wandb_logger(
     """A Lightning ``WandbLogger`` that logs online with a key and offline without one.
 
     Offline runs are written under ``save_dir/wandb/offline-run-*``; upload them later with
-    ``wandb sync``. ``WANDB_MODE`` (online, offline, disabled), when set, is obeyed as it is.
+    ``wandb sync``. ``WANDB_MODE`` (online, offline, disabled), when set, is obeyed as it is. The mode is this
+    logger's own, not the process's: a later job of a sweep decides afresh (``ScopedWandbLogger``).
 
     Args:
         project: W&B project.
@@ -81,19 +102,21 @@ def wandb_logger(
         **kwargs: Passed on to ``WandbLogger`` (tags, entity, log_model, ...).
     """
     import wandb
-    from lightning.pytorch.loggers import WandbLogger
 
     mode = os.environ.get("WANDB_MODE")
     if offline is None:
         offline = mode in ("offline", "dryrun") if mode else not has_wandb_key()
         if offline and not mode:
             log.info("W&B: no API key found, logging offline to %s/wandb (upload later with `wandb sync`)", save_dir)
-    if offline:
-        os.environ["WANDB_MODE"] = "offline"  # also for the W&B service process and DDP children
+    if offline and kwargs.get("log_model"):
+        raise ConfigError(
+            f"logger.wandb.log_model={kwargs['log_model']} uploads checkpoints, which an offline W&B run cannot; "
+            "set logger.wandb.log_model=false, or log in (`wandb login`) to log online"
+        )
     settings = wandb.Settings(init_timeout=init_timeout, silent=True)
     sweep_group, sweep_name = _sweep_identity()
     kwargs.setdefault("id", run_id(save_dir))
-    return WandbLogger(
+    return ScopedWandbLogger(
         project=project,
         save_dir=save_dir,
         offline=offline,
@@ -122,10 +145,10 @@ def finish_runs(loggers: Sequence[Any]) -> Iterator[None]:
 
 
 def _finish(loggers: Sequence[Any], exit_code: int, preempted: bool = False) -> None:
-    from lightning.pytorch.loggers import WandbLogger
+    from vit_exp import compat
 
     for logger in loggers:
-        run = getattr(logger, "_experiment", None) if isinstance(logger, WandbLogger) else None
+        run = compat.started_experiment(logger) if isinstance(logger, WandbLogger) else None
         if run is None or not hasattr(run, "finish"):  # never started, or a rank > 0 stand-in
             continue
         if preempted:

@@ -78,7 +78,7 @@ def data_module() -> Callable[..., object]:
     """data_module(name, *overrides) -> the ViTDataModule that conf/data/<name>.yaml instantiates.
 
     Composes the real train config (default model: 16x16 input) with fixed preprocessing, which
-    vit_exp.run would otherwise take from the model, and no loader workers.
+    vit_exp.build would otherwise take from the model, and no loader workers.
     """
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate

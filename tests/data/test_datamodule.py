@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.plugins import HalfPrecision, Precision
 
 from tests.conftest import CONF_DIR, compose
 from vit_exp.data.datamodule import ViTDataModule
@@ -69,6 +71,27 @@ def _erased(x: torch.Tensor) -> torch.Tensor:
     return (x == 0).all(1).flatten(1).any(1)
 
 
+def test_images_take_the_precision_of_a_true_half_run() -> None:
+    """Lightning converts a batch to bf16-true while it is uint8; the normalised images get the dtype here."""
+    dm = _datamodule(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    dm.setup("fit")
+    x, y = next(iter(dm.train_dataloader()))
+    dm.trainer = SimpleNamespace(training=True, precision_plugin=HalfPrecision("bf16-true"))
+    xn, yn = dm.on_after_batch_transfer((x, y), 0)
+    assert xn.dtype == torch.bfloat16 and torch.equal(yn, y)
+
+
+def test_loader_workers_are_capped_to_the_usable_cpus(monkeypatch, caplog) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    with caplog.at_level(logging.INFO, logger="vit_exp.data.datamodule"):
+        dm = _datamodule(num_workers=8)
+    dm.setup("fit")
+    assert dm.num_workers == 2 and dm.train_dataloader().num_workers == 2
+    assert "data.num_workers=8 capped to 2: the CPUs this process may use" in caplog.text
+    caplog.clear()
+    assert _datamodule(num_workers=2).num_workers == 2 and "capped" not in caplog.text
+
+
 def test_random_erasing_only_on_training_batches() -> None:
     dm = _datamodule(train_aug=ERASE_ALL, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     assert dm.train_transform is dm.eval_transform  # erasing alone adds no image transform
@@ -77,9 +100,9 @@ def test_random_erasing_only_on_training_batches() -> None:
     y = torch.zeros(16, 5).bernoulli_(0.5)  # multi-hot targets go through untouched
     plain = normalize(x, dm.mean, dm.std)
     assert not _erased(plain).any()
-    assert torch.equal(dm.on_after_batch_transfer((x, y), 0)[0], plain)  # no trainer: e.g. vit_exp.insight
+    assert torch.equal(dm.on_after_batch_transfer((x, y), 0)[0], plain)  # no trainer: e.g. vit_exp.fewshot_eval
     for training in (False, True):  # the trainer's stage: validating, testing, predicting; or training
-        dm.trainer = SimpleNamespace(training=training)
+        dm.trainer = SimpleNamespace(training=training, precision_plugin=Precision())  # 32-true
         xn, yn = dm.on_after_batch_transfer((x, y), 0)
         assert torch.equal(yn, y)
         assert _erased(xn).all() if training else torch.equal(xn, plain)

@@ -11,7 +11,11 @@ import torch
 from PIL import Image
 
 from tests.conftest import TINY, compose
-from vit_exp import insight, plots, run
+from vit_exp import plots, run
+from vit_exp.build import build_datamodule, build_model
+from vit_exp.callbacks import AttentionImages
+from vit_exp.checks import validate
+from vit_exp.fewshot_eval import fewshot_eval, fewshot_metric
 from vit_exp.results import Results
 
 CHANCE = 0.1  # ten digits
@@ -33,7 +37,7 @@ def test_fewshot_of_trained_features_beats_random_init_which_beats_chance(traine
     from above chance (random features) to well above it (after ~110 steps of training)."""
     rows = _fewshot_rows(Path(trained_run.run_dir))
     assert sorted(rows) == [0, 50, 100, trained_run.steps]
-    assert set(rows[0]) == {insight.fewshot_metric(1), insight.fewshot_metric(10)}
+    assert set(rows[0]) == {fewshot_metric(1), fewshot_metric(10)}
     random_init, trained = rows[0]["fewshot/10shot"], rows[trained_run.steps]["fewshot/10shot"]
     assert trained > random_init + 0.08, rows
     assert random_init > CHANCE + 0.03, rows
@@ -50,11 +54,11 @@ def test_eval_fewshot_of_a_checkpoint_beats_a_random_model(trained_run: Results,
     assert "10-shot linear Top 1 Accuracy" in capsys.readouterr().out
     assert Results.load(tmp_path / "eval" / "results.json").fewshot == evaluated.fewshot
 
-    run.validate(cfg)
-    datamodule = run.build_datamodule(cfg.data, run.preprocessing(cfg.model))
+    spec = validate(cfg)
+    datamodule = build_datamodule(cfg.data, spec.preprocessing)
     torch.manual_seed(0)
-    random_model = run.build_model(cfg.model, 10)
-    random_init = insight.fewshot_eval(random_model, datamodule, shots=[10], test_split="test")[10]
+    random_model = build_model(spec, cfg.model)
+    random_init = fewshot_eval(random_model, datamodule, shots=[10], test_split="test")[10]
     assert evaluated.fewshot["10"] / 100 > random_init + 0.08 > CHANCE + 0.08
 
 
@@ -107,12 +111,12 @@ def test_attention_images_log_to_a_wandb_style_logger(tiny_cfg) -> None:
             self.calls.append(dict(key=key, images=images, step=step, **kwargs))
 
     cfg = tiny_cfg("trainer.max_epochs=2")
-    run.validate(cfg)
-    datamodule = run.build_datamodule(cfg.data, run.preprocessing(cfg.model))
+    spec = validate(cfg)
+    datamodule = build_datamodule(cfg.data, spec.preprocessing)
     from vit_exp.module import ViTModule
 
-    module = ViTModule(run.build_model(cfg.model, 10), num_classes=10, optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
-    callback = insight.AttentionImages(num_images=3, heads=False)
+    module = ViTModule(build_model(spec, cfg.model), num_classes=10, optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    callback = AttentionImages(num_images=3, heads=False)
     trainer = pl.Trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1, logger=ImageLogger(), log_every_n_steps=1,
                          callbacks=[callback], enable_progress_bar=False, enable_model_summary=False,
                          enable_checkpointing=False)  # fmt: skip
@@ -126,7 +130,7 @@ def test_attention_images_log_to_a_wandb_style_logger(tiny_cfg) -> None:
 
 def test_fewshot_callback_refuses_multi_label_data() -> None:
     with pytest.raises(ValueError, match="single-label"):
-        insight.fewshot_eval(torch.nn.Linear(1, 1), type("DM", (), {"multi_label": True})())
+        fewshot_eval(torch.nn.Linear(1, 1), type("DM", (), {"multi_label": True})())
 
 
 def test_insight_callbacks_compose(tmp_path: Path) -> None:

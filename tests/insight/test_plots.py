@@ -19,6 +19,13 @@ METRICS = """epoch,lr-AdamW/pg1,step,train/loss,val/loss,val/top1,test/top1
 1,,37,,1.8,0.55,
 1,,38,,,,0.6
 """
+TWO_GROUPS = """epoch,lr-AdamW/pg1,lr-AdamW/pg2,step,train/loss,val/top1
+,0.001,0.001,9,,
+0,,,9,2.3,
+0,,,18,,0.15
+,0.002,0.002,19,,
+1,,,37,,0.55
+"""
 
 
 def test_read_metrics_keeps_each_metric_with_its_step(tmp_path: Path) -> None:
@@ -39,6 +46,24 @@ def test_training_curves_have_loss_lr_and_top1_panels(tmp_path: Path) -> None:
     (tmp_path / "empty.csv").write_text("epoch,step,test/top1\n0,0,0.5\n")
     with pytest.raises(ValueError, match="no loss, learning-rate or top-1"):
         plots.plot_training_curves(tmp_path / "empty.csv")
+
+
+def test_curves_draw_top1_in_percent_and_every_lr_group_visibly(tmp_path: Path) -> None:
+    """Two lr groups on one schedule are one line that names both; on two schedules, two lines of two styles."""
+    (tmp_path / "metrics.csv").write_text(TWO_GROUPS)
+    series = plots.read_metrics(tmp_path / "metrics.csv")
+    assert series["lr-AdamW/pg1"] == series["lr-AdamW/pg2"] == [(9, 0.001), (19, 0.002)]
+    fig = plots.plot_training_curves(tmp_path / "metrics.csv")
+    lr, top1 = fig.axes[1], fig.axes[2]
+    assert [line.get_label() for line in lr.lines] == ["lr-AdamW/pg1 = pg2"]
+    assert list(top1.lines[0].get_ydata()) == pytest.approx([15.0, 55.0]) and top1.get_ylabel() == "%"
+
+    (tmp_path / "two.csv").write_text("step,lr-AdamW/pg1,lr-AdamW/pg2,train/loss\n0,0.1,0.0,2.0\n1,0.2,0.0,1.0\n")
+    lr = plots.plot_training_curves(tmp_path / "two.csv").axes[1]
+    assert [line.get_label() for line in lr.lines] == ["lr-AdamW/pg1", "lr-AdamW/pg2"]
+    assert len({line.get_linestyle() for line in lr.lines}) == 2
+    runs = plots.plot_runs({"a": tmp_path / "metrics.csv"}).axes[0]
+    assert list(runs.lines[0].get_ydata()) == pytest.approx([15.0, 55.0]) and runs.get_ylabel() == "val/top1 (%)"
 
 
 def test_confusion_matrix_counts_true_rows_and_predicted_columns(tmp_path: Path) -> None:

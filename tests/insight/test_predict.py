@@ -12,9 +12,9 @@ import torch
 from tests.conftest import ROOT, compose
 from vit_exp import export, predict
 from vit_exp.data.digits import DigitsSource
+from vit_exp.errors import ConfigError
 from vit_exp.models import create_model
 from vit_exp.results import Results
-from vit_exp.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +48,10 @@ def test_predictor_matches_the_test_pipeline(trained_run: Results, digit_images)
     ]
 
     cfg = compose("train", ["model=vit_test"], folder)
-    from vit_exp import run
+    from vit_exp.build import build_datamodule
+    from vit_exp.models import resolve_spec
 
-    dm = run.build_datamodule(cfg.data, run.preprocessing(cfg.model))
+    dm = build_datamodule(cfg.data, resolve_spec("vit_test", 4, 16).preprocessing)
     dm.setup("test")
     x, y = next(iter(dm.test_dataloader()))
     with torch.no_grad():
@@ -89,6 +90,29 @@ def test_predict_names_imagenet_classes_for_published_weights(tmp_path: Path, di
         )
     assert [name for name, _ in top] == [names[k] for k in logits.topk(3).indices[0].tolist()]
     assert capsys.readouterr().out.splitlines()[1].endswith(top[0][0])
+
+
+def test_names_stored_with_a_1000_class_checkpoint_win_over_imagenets(tmp_path: Path) -> None:
+    """A run of ours with a 1000-class head (not ImageNet's classes) is named with its own stored names."""
+    model = create_model("vit_test", num_classes=1000, img_size=16)
+    stored = [f"species {i}" for i in range(1000)]
+    config = {"model": {"name": "vit_test", "patch_size": 4, "img_size": 16, "num_classes": 1000}, "data": {}}
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"config": config, "class_names": stored, "num_classes": 1000}},
+               tmp_path / "run.ckpt")  # fmt: skip
+    assert predict.Predictor.from_checkpoint(tmp_path / "run.ckpt").class_names == stored
+    assert predict.Predictor.from_model(model, class_names=stored).class_names == stored
+    # A run of ours that stored no names gets indices, not ImageNet's names; published weights get ImageNet's.
+    assert predict.resolve_class_names(1000, published=False)[:2] == ["0", "1"]
+    assert predict.resolve_class_names(1000, published=True)[0] == "tench"
+    assert predict.Predictor.from_model(model).class_names[0] == "tench"
+
+
+def test_predict_does_not_import_the_orchestrator() -> None:
+    """predict builds its model from the models API: importing it leaves run.py (and Lightning) unloaded."""
+    code = "import sys, vit_exp.predict; print('vit_exp.run' in sys.modules, 'lightning' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False", "False"]
 
 
 def test_predict_says_what_is_missing(tiny_cfg, tmp_path: Path) -> None:

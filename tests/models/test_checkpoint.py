@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import warnings
 
 import numpy as np
 import pytest
 import torch
 
 from tests.models.conftest import timm_model, to_google_npz
-from vit_exp.models import create_model, load_checkpoint
+from vit_exp.models import create_model
 
 SEVEN = [
     "vit_small_patch16_224",
@@ -160,61 +159,8 @@ def test_missing_and_unsafe_files_are_clear_errors(tmp_path):
         create_model("vit_test", pretrained=tmp_path / "pickled.pth")
 
 
-# --- sharded checkpoints: torch.distributed.checkpoint directories, as FSDP's sharded saves write them ---------------
-
-UNPICKLED = []
-
-
-def _record_unpickling() -> str:
-    UNPICKLED.append(True)
-    return "ran"
-
-
-class _RunsCodeWhenUnpickled:
-    def __reduce__(self):
-        return (_record_unpickling, ())
-
-
-def _save_dcp(state: dict, path) -> None:
-    import torch.distributed.checkpoint as dcp
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "torch.distributed is disabled": one process, as intended
-        dcp.save(state, checkpoint_id=path, no_dist=True)
-
-
-def test_sharded_checkpoint_directories_load_on_one_cpu(tmp_path):
-    torch.manual_seed(0)
-    ref = create_model("vit_test", img_size=32, num_classes=10).eval()
-    # Lightning's layout: the LightningModule's state (backbone under `model.`) under "model", optimizers beside it.
-    state = {
-        "model": {f"model.{k}": v for k, v in ref.state_dict().items()} | {"model.note": _RunsCodeWhenUnpickled()},
-        "optimizer_0": {"param_groups": [{"lr": 0.1, "note": _RunsCodeWhenUnpickled()}]},
-    }
-    _save_dcp(state, tmp_path / "last.ckpt")
-    ours = create_model("vit_test", img_size=32, num_classes=10, pretrained=tmp_path / "last.ckpt").eval()
-    x = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(ours(x), ref(x), atol=0, rtol=0)
-    assert not UNPICKLED  # entries that are no tensors are not read: DCP would unpickle them unsafely
-
-
-def test_a_directory_that_is_no_sharded_checkpoint_is_a_clear_error(tmp_path):
-    (tmp_path / "run").mkdir()
-    with pytest.raises(ValueError, match="not a sharded checkpoint.*such as checkpoints/last.ckpt"):
-        create_model("vit_test", pretrained=tmp_path / "run")
-    _save_dcp({"optimizer_0": {"step": torch.zeros(1)}}, tmp_path / "no_model")
-    with pytest.raises(ValueError, match="no tensors under 'model' \\(its entries: optimizer_0\\)"):
-        create_model("vit_test", pretrained=tmp_path / "no_model")
-
-
-def test_an_index_that_holds_more_than_an_index_is_not_unpickled(tmp_path):
-    import pickle
-
-    _save_dcp({"model": create_model("vit_test").state_dict()}, tmp_path / "ckpt")
-    (tmp_path / "ckpt" / ".metadata").write_bytes(pickle.dumps(_RunsCodeWhenUnpickled()))
-    with pytest.raises(ValueError, match="refers to tests.models.test_checkpoint._record_unpickling"):
-        create_model("vit_test", pretrained=tmp_path / "ckpt")
-    assert not UNPICKLED
-    (tmp_path / "ckpt" / ".metadata").write_bytes(b"half an ind")
-    with pytest.raises(ValueError, match=r"\.metadata is not a torch.distributed.checkpoint index"):
-        create_model("vit_test", pretrained=tmp_path / "ckpt")
+def test_a_directory_is_no_published_format(tmp_path):
+    """Sharded (FSDP) directories are a run's checkpoints: vit_exp.checkpoints reads them (tests/scale/test_sharded_read.py)."""
+    (tmp_path / "last.ckpt").mkdir()
+    with pytest.raises(ValueError, match="is a directory.*vit_exp.checkpoints.load_weights"):
+        create_model("vit_test", pretrained=tmp_path / "last.ckpt")

@@ -72,7 +72,8 @@ def test_family_patch_res_compose_to_published_names():
     assert resolve_name("vit_base", 32, 384) == "vit_base_patch32_384"
     assert resolve_name("vit_large", 16, 224) == "vit_large_patch16_224"
     assert resolve_name("vit_base_r50", 16, 384) == "vit_base_resnet50_384"
-    model = create_model("vit_base", patch_size=32, img_size=384, depth=1)
+    with torch.device("meta"):  # the published architecture, whole: no depth override, which would rename it
+        model = create_model("vit_base", patch_size=32, img_size=384)
     assert model.variant_name == "vit_base_patch32_384"
     assert model.pretrained_cfg.file == "jx_vit_base_p32_384-830016f5.pth"
 
@@ -144,4 +145,6 @@ def test_resolve_pretrained_cfg_is_what_create_model_attaches(name, patch, res):
     from vit_exp.models import resolve_pretrained_cfg
 
     kw = {"patch_size": patch} if patch else {}
-    assert resolve_pretrained_cfg(name, patch, res) == create_model(name, img_size=res, depth=1, **kw).pretrained_cfg
+    with torch.device("meta"):
+        model = create_model(name, img_size=res, **kw)
+    assert resolve_pretrained_cfg(name, patch, res) == model.pretrained_cfg

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vit_exp.resilience import AtomicFSDPStrategy
+from vit_exp.checkpoints.atomic import AtomicFSDPStrategy
 
 
 class CPUFSDPStrategy(AtomicFSDPStrategy):

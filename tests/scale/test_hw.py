@@ -10,10 +10,10 @@ from hydra.utils import instantiate
 from lightning.pytorch.strategies import FSDPStrategy
 
 from tests.conftest import compose
-from vit_exp import run
+from vit_exp.checkpoints.atomic import AtomicCheckpointIO
+from vit_exp.checks import check_hardware
 from vit_exp.errors import HardwareError
 from vit_exp.models.layers import Block
-from vit_exp.resilience import AtomicCheckpointIO
 
 
 @pytest.mark.parametrize(
@@ -82,4 +82,4 @@ def test_missing_hardware_is_named(
     for var in ("SLURM_NTASKS", "MASTER_ADDR", "NODE_RANK"):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(HardwareError, match=missing):
-        run.check_hardware(compose("train", overrides, tmp_path).trainer)
+        check_hardware(compose("train", overrides, tmp_path).trainer)

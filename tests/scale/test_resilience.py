@@ -11,16 +11,12 @@ import torch
 from torch.utils.data import TensorDataset
 
 from tests.scale.wandb_records import offline_runs
-from vit_exp import resilience, run
-from vit_exp.checkpoints import checkpoint_config, checkpoint_hparams
+from vit_exp import run
+from vit_exp.checkpoints import checkpoint_config, checkpoint_hparams, recover_interrupted_swap, resume_path
+from vit_exp.checkpoints.atomic import AtomicCheckpointIO, AtomicFSDPStrategy
+from vit_exp.checkpoints.sharded import load_distributed_checkpoint
+from vit_exp.data.order import ResumableSampler, resumable_loader
 from vit_exp.errors import ConfigError, NonFiniteLossError, Preempted
-from vit_exp.models.checkpoint import load_distributed_checkpoint
-from vit_exp.resilience import (
-    AtomicCheckpointIO,
-    AtomicFSDPStrategy,
-    ResumableSampler,
-    resumable_loader,
-)
 
 HELPERS = "tests.scale.helpers"
 
@@ -133,10 +129,10 @@ def test_a_save_cut_between_its_two_renames_is_put_back_by_resume_auto(
     with pytest.raises(ConfigError, match=r"previous checkpoint at .*\.last\.ckpt\.old; resume=auto puts it back"):
         checkpoint_config(path)  # eval.py / predict.py say where it is, and change nothing
 
-    with caplog.at_level("WARNING", logger="vit_exp.resilience"):
-        assert resilience.resume_path(tiny_cfg("resume=auto")) == str(path)
+    with caplog.at_level("WARNING", logger="vit_exp.checkpoints"):
+        assert resume_path(tiny_cfg("resume=auto")) == str(path)
     assert "put back the previous one" in caplog.text and _step(path) == 1
-    assert resilience.recover_interrupted_swap(path) is False  # nothing left to put back
+    assert recover_interrupted_swap(path) is False  # nothing left to put back
     _save_sharded(path, 3)
     assert _step(path) == 3 and sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt"]
 
@@ -259,12 +255,12 @@ def test_a_resume_mid_epoch_with_workers_yields_the_same_augmented_images() -> N
 
 def test_resume_auto_finds_the_run_directorys_last_checkpoint(tiny_cfg, tmp_path: Path) -> None:
     cfg = tiny_cfg("resume=auto", run_dir=tmp_path / "run")
-    assert resilience.resume_path(cfg) is None  # nothing yet: start from scratch
+    assert resume_path(cfg) is None  # nothing yet: start from scratch
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     last.parent.mkdir(parents=True)
     last.write_bytes(b"")
-    assert resilience.resume_path(cfg) == str(last)
-    assert resilience.resume_path(tiny_cfg("ckpt_path=x.ckpt")) == "x.ckpt"
+    assert resume_path(cfg) == str(last)
+    assert resume_path(tiny_cfg("ckpt_path=x.ckpt")) == "x.ckpt"
 
 
 @pytest.mark.parametrize(
@@ -277,7 +273,7 @@ def test_resume_auto_finds_the_run_directorys_last_checkpoint(tiny_cfg, tmp_path
 )
 def test_resume_auto_misuse_says_what_to_do(tiny_cfg, overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        resilience.resume_path(tiny_cfg(*overrides))
+        resume_path(tiny_cfg(*overrides))
 
 
 # --- NaN / Inf loss --------------------------------------------------------------------------------------------------

@@ -88,7 +88,7 @@ if submitit_launcher is not None:
         ) -> JobReturn:
             import submitit
 
-            from vit_exp import launch
+            from vit_exp import compat, launch
 
             env = submitit.JobEnvironment()
             rank = env.global_rank
@@ -104,7 +104,7 @@ if submitit_launcher is not None:
             if rank != 0 and ret.status == JobStatus.FAILED:
                 # A non-zero exit: SLURM (srun --kill-on-bad-exit) then ends the job's other tasks, which would
                 # otherwise wait for this rank in a collective until the process group's timeout.
-                raise ret._return_value
+                raise compat.job_return_value(ret)
             return ret
 
         def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:

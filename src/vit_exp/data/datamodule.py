@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -10,11 +12,21 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from vit_exp.data.erasing import RandomErasing
-from vit_exp.data.samplers import RepeatedAugSampler
+from vit_exp.data.order import RepeatedAugSampler, resumable_loader
 from vit_exp.data.transforms import Transform, build_eval_transform, build_train_transform, normalize
-from vit_exp.resilience import resumable_loader
+from vit_exp.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: what a cluster job or container was given)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows: no affinity masks
+        return os.cpu_count() or 1
 
 
 class Source(Protocol):
@@ -31,12 +43,12 @@ class ViTDataModule(pl.LightningDataModule):
     """Train/val/test loaders over a Source; images stay uint8 until ``on_after_batch_transfer``.
 
     Preprocessing (``crop_pct``, ``interpolation``, ``mean``, ``std``) is the model's (``pretrained_cfg``);
-    ``vit_exp.run`` fills it in where the data config leaves it null.
+    ``vit_exp.build`` fills it in where the data config leaves it null.
 
     Args:
         source: A Source (``DigitsSource``, ``ImageFolderSource``, ``HFSource``, ``ShardSource``).
         batch_size: Images per device and step.
-        num_workers: Loader processes per device.
+        num_workers: Loader processes per device; at most the CPUs this process may use (``usable_cpus``).
         img_size: Side of the model's input.
         crop_pct: Evaluation center-crop fraction (resize to ``img_size / crop_pct``, crop ``img_size``).
         interpolation: Resize filter, e.g. "bicubic".
@@ -78,18 +90,21 @@ class ViTDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if num_classes is not None and num_classes != source.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"data.num_classes is {num_classes} but the source has {source.num_classes} classes; "
                 f"set data.num_classes={source.num_classes} (or null to take the source's)"
             )
         if test_split not in SPLITS:
-            raise ValueError(f"test_split must be one of {SPLITS}, got {test_split!r}")
+            raise ConfigError(f"test_split must be one of {SPLITS}, got {test_split!r}")
         self.source = source
         self.name = name or type(source).__name__
         self.root, self.strict = root, strict
         self.repeated_aug = repeated_aug
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
+        if num_workers > (cpus := usable_cpus()):  # more would only compete for the same cores (torch warns)
+            log.info("data.num_workers=%d capped to %d: the CPUs this process may use", num_workers, cpus)
+            num_workers = cpus
         self.num_workers = num_workers
         self.mean, self.std = tuple(mean), tuple(std)
         self.test_split = test_split
@@ -100,7 +115,7 @@ class ViTDataModule(pl.LightningDataModule):
             build_train_transform(img_size, interpolation, **transform_args) if transform_args else self.eval_transform
         )
         if erasing is not None and not isinstance(erasing, Mapping):
-            raise ValueError(
+            raise ConfigError(
                 f"train_aug.random_erasing must be a mapping of RandomErasing's arguments, got {erasing!r}; "
                 "write e.g. random_erasing: {prob: 0.25, mode: pixel}"
             )
@@ -142,7 +157,7 @@ class ViTDataModule(pl.LightningDataModule):
             seed = torch.initial_seed() % 2**31
             sampler = RepeatedAugSampler(len(dataset), self.repeated_aug, rank, world, seed=seed)
         # Its position mid-epoch is saved in checkpoints, and each image is augmented with its own seed: an exact
-        # resume (vit_exp.resilience).
+        # resume (vit_exp.data.order).
         return resumable_loader(dataset, sampler=sampler, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
@@ -157,6 +172,10 @@ class ViTDataModule(pl.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         x, y = batch
         x = normalize(x, self.mean, self.std)
+        if self.trainer is not None:
+            # Lightning converts a batch to the run's precision before it reaches this hook, when the images are
+            # still uint8; the normalised float32 images get it here (bf16 under bf16-true; 32-true: unchanged).
+            x = self.trainer.precision_plugin.convert_input(x)
         # Training batches only (the trainer's stage is VALIDATING etc. otherwise); before Mixup/CutMix, which
         # the LightningModule applies in training_step, as in timm.
         if self.erasing is not None and self.trainer is not None and self.trainer.training:

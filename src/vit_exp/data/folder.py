@@ -15,6 +15,7 @@ from PIL import Image
 
 from vit_exp.data._bad_images import BadImages, SkippingImageDataset
 from vit_exp.data.transforms import Transform, open_image
+from vit_exp.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def _scan_split(split_dir: Path) -> dict:
                 example = example or file.path
         classes[entry.name] = sorted(names)
     if loose_images and not classes:
-        raise ValueError(
+        raise ConfigError(
             f"{split_dir} holds {loose_images} images directly, not in class folders; sort them into "
             f"{split_dir}/<class>/ (for ImageNet val, e.g. with the usual valprep.sh script)"
         )
@@ -111,7 +112,7 @@ class ImageFolderSource:
         self.root = Path(root).expanduser()
         self.splits = dict(DEFAULT_SPLITS if splits is None else splits)
         if not self.root.is_dir():
-            raise ValueError(
+            raise ConfigError(
                 f"image folder root {self.root} does not exist; point data.root at the folder "
                 f"that holds {'/, '.join(sorted(set(self.splits.values())))}/ with one subfolder per class"
             )
@@ -128,10 +129,10 @@ class ImageFolderSource:
 
     def _split_dir(self, split: str) -> Path:
         if split not in self.splits:
-            raise ValueError(f"unknown split {split!r}; this source maps {sorted(self.splits)}")
+            raise ConfigError(f"unknown split {split!r}; this source maps {sorted(self.splits)}")
         split_dir = self.root / self.splits[split]
         if not split_dir.is_dir():
-            raise ValueError(
+            raise ConfigError(
                 f"split folder {split_dir} for split {split!r} does not exist; create it with one "
                 f"subfolder per class, or map {split!r} to an existing folder with splits={{...}}"
             )
@@ -145,9 +146,9 @@ class ImageFolderSource:
                 if split != "train":
                     log.info("no train folder under %s: class names taken from %s", self.root, split)
                 if not classes:
-                    raise ValueError(f"{self._split_dir(split)} has no class folders; add root/<split>/<class>/")
+                    raise ConfigError(f"{self._split_dir(split)} has no class folders; add root/<split>/<class>/")
                 return classes
-        raise ValueError(
+        raise ConfigError(
             f"none of the split folders {sorted(set(self.splits.values()))} exist under {self.root}; "
             "expected the ImageNet layout root/train/<class>/*.JPEG and root/val/<class>/*.JPEG"
         )
@@ -205,7 +206,7 @@ class ImageFolderSource:
         """(path, label) of every image in the split, in class then file name order.
 
         Raises:
-            ValueError: for a missing split folder, an empty class folder, a class unknown to train,
+            ConfigError: for a missing split folder, an empty class folder, a class unknown to train,
                 or a split without images.
         """
         split_dir = self._split_dir(split)
@@ -213,15 +214,15 @@ class ImageFolderSource:
         files = []
         for name, names in self._listing(split)["classes"].items():
             if name not in class_to_idx:
-                raise ValueError(
+                raise ConfigError(
                     f"class folder {split_dir / name} is not among the {self.num_classes} train classes; "
                     "remove it or add the class to the train split"
                 )
             if not names:
-                raise ValueError(f"class folder {split_dir / name} has no images; add images or remove the folder")
+                raise ConfigError(f"class folder {split_dir / name} has no images; add images or remove the folder")
             files += [(str(split_dir / name / file), class_to_idx[name]) for file in names]
         if not files:
-            raise ValueError(f"no images under {split_dir}; expected {split_dir}/<class>/*.JPEG")
+            raise ConfigError(f"no images under {split_dir}; expected {split_dir}/<class>/*.JPEG")
         return files
 
     def dataset(self, split: str, transform: Transform | None = None) -> FolderDataset:

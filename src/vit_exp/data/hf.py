@@ -12,8 +12,9 @@ from PIL import Image
 from torch.utils.data import IterableDataset
 
 from vit_exp.data._bad_images import BAD_IMAGE_ERRORS, BadImages, SkippingImageDataset, decode
-from vit_exp.data._distributed import rank_and_world_size
+from vit_exp.data.order import rank_and_world_size
 from vit_exp.data.transforms import Transform, open_image
+from vit_exp.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class HFStreamDataset(IterableDataset):
         for i, row in enumerate(self.ds):
             label = int(row[self.label_column])
             if not 0 <= label < self.num_classes:
-                raise ValueError(
+                raise ConfigError(
                     f"label {label} in row {i} is outside [0, {self.num_classes}); {_label_fix(self.name)}"
                 )
             try:
@@ -137,7 +138,7 @@ class HFSource:
     def load_split(self, split: str) -> Any:
         """The `datasets` split for our split name, loaded once, image column left undecoded."""
         if split not in self.splits:
-            raise ValueError(f"unknown split {split!r}; this source maps {sorted(self.splits)}")
+            raise ConfigError(f"unknown split {split!r}; this source maps {sorted(self.splits)}")
         hf_split = self.splits[split]
         if hf_split in self._loaded:
             return self._loaded[hf_split]
@@ -150,7 +151,7 @@ class HFSource:
             saved = datasets.load_from_disk(str(path))
             if isinstance(saved, datasets.DatasetDict):
                 if hf_split not in saved:
-                    raise ValueError(
+                    raise ConfigError(
                         f"{path} has splits {sorted(saved)}, not {hf_split!r}; map {split!r} to one of them "
                         f"with splits={{{split!r}: ...}}"
                     )
@@ -164,7 +165,7 @@ class HFSource:
             except ValueError as error:
                 if "split" not in str(error).lower():
                     raise
-                raise ValueError(
+                raise ConfigError(
                     f"{error}; map our split {split!r} to an existing one with splits={{{split!r}: ...}}"
                 ) from error
         self._check_columns(ds)
@@ -181,7 +182,7 @@ class HFSource:
             return
         for kind, column in (("image", self.image_column), ("label", self.label_column)):
             if column not in features:
-                raise ValueError(
+                raise ConfigError(
                     f"{self.name_or_path!r} has no {kind} column {column!r}; its columns are {sorted(features)}; "
                     f"set {kind}_column"
                 )
@@ -190,7 +191,7 @@ class HFSource:
         label = features[self.label_column]
         if isinstance(label, ClassLabel):
             if self._num_classes is not None and self._num_classes != label.num_classes:
-                raise ValueError(
+                raise ConfigError(
                     f"num_classes={self._num_classes} but {self.name_or_path!r} labels {label.num_classes} "
                     "classes; drop num_classes or set it to match"
                 )
@@ -211,7 +212,7 @@ class HFSource:
         if self._num_classes is None:
             self._read_features()
         if self._num_classes is None:
-            raise ValueError(
+            raise ConfigError(
                 f"the label column {self.label_column!r} of {self.name_or_path!r} is not a ClassLabel, so "
                 "the number of classes is unknown; pass num_classes"
             )
@@ -230,13 +231,13 @@ class HFSource:
 
         labels = ds.select_columns([self.label_column]).with_format("arrow")[:][self.label_column]
         if not pa.types.is_integer(labels.type):
-            raise ValueError(
+            raise ConfigError(
                 f"label column {self.label_column!r} holds {labels.type}, not integer class ids; "
                 "set label_column to the integer label column"
             )
         low, high = pc.min_max(labels).values()
         if low.as_py() is not None and (low.as_py() < 0 or high.as_py() >= self.num_classes):
-            raise ValueError(
+            raise ConfigError(
                 f"split {split!r} of {self.name_or_path!r} has labels in [{low}, {high}], outside "
                 f"[0, {self.num_classes}); {_label_fix(self.name_or_path)}"
             )

@@ -17,6 +17,7 @@ from typing import Any
 from vit_exp.data.folder import ImageFolderSource
 from vit_exp.data.hf import HFSource, is_saved_to_disk
 from vit_exp.data.shards import ShardSource
+from vit_exp.errors import ConfigError
 
 NUM_CLASSES = 1000
 TRAIN_IMAGES = 1_281_167
@@ -49,7 +50,7 @@ def imagenet_source(
         shuffle_buffer: Samples per worker in the shard stream's shuffle buffer.
 
     Raises:
-        ValueError: ``root`` does not exist or holds none of the layouts; the message lists them.
+        ConfigError: ``root`` does not exist or holds none of the layouts; the message lists them.
     """
     path = Path(root).expanduser()
     if path.is_dir():
@@ -69,7 +70,7 @@ def imagenet_source(
                 batch_size=batch_size,
                 strict=strict,
             )
-        raise ValueError(
+        raise ConfigError(
             f"data.root={path} holds no ImageNet layout that vit_exp knows. Expected one of: train/<wnid>/*.JPEG "
             f"and val/<wnid>/*.JPEG folders; a Hugging Face imagenet-1k copy (save_to_disk, or data/*.parquet); "
             f"imagenet1k-train-*.tar + imagenet1k-validation-*.tar shards (timm's imagenet-1k-wds)"
@@ -77,7 +78,7 @@ def imagenet_source(
     if str(root) in HUB_NAMES:
         columns = dict(image_column="jpg", label_column="cls") if "wds" in str(root) else {}
         return HFSource(str(root), splits=HF_SPLITS, num_classes=NUM_CLASSES, strict=strict, **columns)
-    raise ValueError(
+    raise ConfigError(
         f"data.root={root} does not exist; point it at your ImageNet copy (python train.py data=imagenet "
         f"data.root=/path/to/imagenet), or name a hub dataset: {', '.join(HUB_NAMES)}"
     )

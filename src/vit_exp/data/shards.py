@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from vit_exp.data._bad_images import BAD_IMAGE_ERRORS, BadImages, decode
-from vit_exp.data._distributed import rank_and_world_size
+from vit_exp.data.order import rank_and_world_size
 from vit_exp.data.transforms import Transform, open_image
 
 Sample = dict[str, Any]

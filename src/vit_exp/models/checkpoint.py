@@ -2,9 +2,9 @@
 
 Formats: timm ``.pth``/``.bin`` state dicts (the model card's files, including the legacy ViT-S/16 with a
 linear patch projection and the hybrid), ``.safetensors``, Google's ``.npz`` (google-research/vision_transformer
-and big_vision layouts), and Lightning ``.ckpt`` files written by vit_exp: single files, or the directories of
-sharded FSDP checkpoints (torch.distributed.checkpoint), assembled on the CPU. Each format is turned into a plain
-state dict by a pure function; ``adapt_state_dict`` then fits it to the model (resolution, head).
+and big_vision layouts), and single-file Lightning ``.ckpt`` files. Each format is turned into a plain state dict
+by a pure function; ``adapt_state_dict`` then fits it to the model (resolution, head). The directories of sharded
+FSDP checkpoints are a run's, not a published format: ``vit_exp.checkpoints.load_weights`` reads them.
 """
 
 from __future__ import annotations
@@ -12,12 +12,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import pickle
 import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +27,6 @@ log = logging.getLogger(__name__)
 
 StateDict = dict[str, torch.Tensor]
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8})\.[A-Za-z]+$")
-DCP_INDEX = ".metadata"  # torch.distributed.checkpoint's index of a checkpoint directory (which tensor is where)
 
 
 def verify_file_hash(path: Path) -> None:
@@ -52,109 +49,19 @@ def verify_file_hash(path: Path) -> None:
         )
 
 
-def is_distributed_checkpoint(path: str | Path) -> bool:
-    """Whether ``path`` is a torch.distributed.checkpoint directory (e.g. FSDP's sharded ``last.ckpt/``)."""
-    return Path(path).is_dir() and (Path(path) / DCP_INDEX).is_file()
-
-
-_INDEX_MODULE = "torch.distributed.checkpoint.metadata"
-_INDEX_GLOBALS = frozenset({
-    ("torch", "Size"),
-    ("torch.serialization", "_get_layout"),
-    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-    ("pathlib", "PosixPath"),
-    ("pathlib", "WindowsPath"),
-    ("collections", "OrderedDict"),
-})
-
-
-class _IndexUnpickler(pickle.Unpickler):
-    """Unpickles only what a DCP index is made of: its metadata classes, sizes, dtypes, layouts and paths."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
-        if (module, name) in _INDEX_GLOBALS or dtype:
-            return super().find_class(module, name)
-        if module == _INDEX_MODULE and "." not in name:  # its classes only, not what it imports
-            found = super().find_class(module, name)
-            if isinstance(found, type) and found.__module__ == module:
-                return found
-        raise pickle.UnpicklingError(f"{module}.{name}")
-
-
-def _read_index(path: Path) -> Any:
-    """The ``.metadata`` of a DCP directory, unpickled only if it holds nothing but an index.
-
-    DCP itself unpickles it as it is (any object, any code); reading it here first, with an allow-list, is
-    what makes loading a sharded checkpoint from elsewhere as safe as ``torch.load(weights_only=True)``.
-
-    Raises:
-        ValueError: it refers to anything else, or is no pickle at all.
-    """
-    try:
-        with open(path / DCP_INDEX, "rb") as f:
-            return _IndexUnpickler(f).load()
-    except pickle.UnpicklingError as e:
-        reason = f"it refers to {e}, which an index does not hold"
-    except Exception as e:  # noqa: BLE001  (truncated or not a pickle: many kinds of error, all the same here)
-        reason = f"{type(e).__name__}: {e}"
-    raise ValueError(
-        f"{path / DCP_INDEX} is not a torch.distributed.checkpoint index ({reason}), so the checkpoint is not read; "
-        "if it is damaged, use another checkpoint of the run (e.g. best.ckpt)"
-    )
-
-
-def load_distributed_checkpoint(path: str | Path, key: str = "model") -> dict[str, torch.Tensor]:
-    """The tensors stored under ``key`` in a torch.distributed.checkpoint directory, whole, on the CPU.
-
-    This is what FSDP's sharded checkpoints are (Lightning's ``state_dict_type="sharded"``: one ``__R_0.distcp``
-    file per rank and the ``.metadata`` index; the module's state under ``model``). The shards are assembled in
-    this process, without a process group, as torch's ``dcp_to_torch_save`` does. Only tensors are read (with
-    ``weights_only=True``): DCP would unpickle other entries unsafely, and a model's weights are all tensors.
-
-    Raises:
-        ValueError: ``path`` is no such directory, its index holds something else, or nothing is under ``key``.
-    """
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
-    from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
-
-    path = Path(path)
-    if not is_distributed_checkpoint(path):
-        raise ValueError(
-            f"{path} is a directory, but not a sharded checkpoint: it has no {DCP_INDEX} (the index that "
-            "torch.distributed.checkpoint writes last, so an unfinished save has none); pass a checkpoint file, or "
-            "the directory that an FSDP run (hw=fsdp) saved, such as checkpoints/last.ckpt"
-        )
-    index = _read_index(path)
-    if not isinstance(index, Metadata):
-        raise ValueError(f"{path / DCP_INDEX} holds a {type(index).__name__}, not a torch.distributed.checkpoint index")
-
-    class TensorsOnly(_EmptyStateDictLoadPlanner):
-        def _should_include_key(self, fqn: str, metadata: Metadata) -> bool:
-            tensor = isinstance(metadata.state_dict_metadata[fqn], TensorStorageMetadata)
-            return tensor and super()._should_include_key(fqn, metadata)
-
-    state: dict[str, Any] = {}
-    _load_state_dict(state, storage_reader=FileSystemReader(path), planner=TensorsOnly(keys={key}), no_dist=True)
-    if not state.get(key):
-        stored = sorted({fqn.split(".")[0] for fqn in index.state_dict_metadata})
-        raise ValueError(f"{path} holds no tensors under {key!r} (its entries: {', '.join(stored) or 'none'})")
-    return state[key]
-
-
 def load_state_dict_file(path: str | Path, model: nn.Module | None = None) -> StateDict:
     """Read a checkpoint file into a flat state dict with timm/vit_exp key names.
 
     Args:
-        path: A ``.pth``/``.pt``/``.bin``/``.ckpt`` (torch), ``.safetensors`` or ``.npz`` file, or the directory
-            of a sharded (FSDP) checkpoint.
+        path: A ``.pth``/``.pt``/``.bin``/``.ckpt`` (torch), ``.safetensors`` or ``.npz`` file.
         model: Needed for ``.npz`` files only, to know the depth and hybrid stages to read.
     """
     path = Path(path)
     if path.is_dir():
-        return unwrap_state_dict(load_distributed_checkpoint(path))
+        raise ValueError(
+            f"{path} is a directory, not a weights file; the sharded (FSDP) checkpoint directories of a run are "
+            "read by vit_exp.checkpoints.load_weights(model, path) (as eval.py and predict.py do)"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; pass the path of a local file")
     verify_file_hash(path)
@@ -343,7 +250,23 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
     path = Path(path)
     npz = path.suffix.lower() == ".npz"
     sd = load_state_dict_file(path, model)
-    sd = adapt_state_dict(sd, model, interpolation="bilinear" if npz else "bicubic", antialias=not npz)
+    load_state_dict(model, sd, path, strict, interpolation="bilinear" if npz else "bicubic", antialias=not npz)
+
+
+def load_state_dict(
+    model: nn.Module,
+    sd: StateDict,
+    source: str | Path,
+    strict: bool = True,
+    interpolation: str = "bicubic",
+    antialias: bool = True,
+) -> None:
+    """Load a state dict read from ``source`` into ``model``, adapting resolution and head (``adapt_state_dict``).
+
+    Raises:
+        ValueError: it does not fit the architecture; the message lists the offending keys and shapes.
+    """
+    sd = adapt_state_dict(sd, model, interpolation=interpolation, antialias=antialias)
     model_sd = model.state_dict()
     dropped_heads = {k for k in model_sd if k.startswith(("head.", "pre_logits.")) and k not in sd}
     missing = sorted(set(model_sd) - set(sd) - dropped_heads)
@@ -355,11 +278,11 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
         lines += [f"  not in model: {k} {tuple(sd[k].shape)}" for k in unexpected[:20]]
         more = max(0, len(missing) - 20) + max(0, len(unexpected) - 20)
         raise ValueError(
-            f"checkpoint {path} does not fit {getattr(model, 'variant_name', type(model).__name__)}:\n"
+            f"checkpoint {source} does not fit {getattr(model, 'variant_name', type(model).__name__)}:\n"
             + "\n".join(lines)
             + (f"\n  ... and {more} more" if more else "")
             + "\nPick the model the checkpoint was trained as (architecture, patch size, hybrid or not)."
         )
     with torch.no_grad():
         model.load_state_dict({k: v for k, v in sd.items() if k not in mismatched and k in model_sd}, strict=False)
-    log.info("loaded %s (%d tensors)", path, len(sd))
+    log.info("loaded %s (%d tensors)", source, len(sd))

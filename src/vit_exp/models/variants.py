@@ -1,19 +1,18 @@
-"""The variant table: architectures as data, published metadata beside them, and ``create_model``.
+"""The variant table: architectures as data, published weight files beside them, and their names.
 
-Architectures follow Table 1 of Dosovitskiy et al. (2020) (ViT-B, L, H) and timm's additions (Ti, S);
-pretrained metadata (file names, preprocessing, ImageNet top-1/top-5) is the timm model card's.
+Architectures follow Table 1 of Dosovitskiy et al. (2020) (ViT-B, L, H) and timm's additions (Ti, S). A name is
+a family plus patch size and resolution (``vit_base_patch16_384``); a published file is keyed by ``arch.tag``
+as timm keys it (``vit_base_patch16_384.orig_in21k_ft_in1k``), with its file name, hash and the model card's
+ImageNet top-1/top-5. Resolving a name into one model (``ModelSpec``) is ``vit_exp.models.spec``'s job.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import fnmatch
+import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-from vit_exp.models.vit import VisionTransformer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -23,7 +22,7 @@ INCEPTION_STD = (0.5, 0.5, 0.5)
 JX_RELEASE = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-vitjx/"
 LEGACY_RELEASE = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
 
-# Architecture families. A model name is a family plus patch size and resolution: vit_base_patch16_384.
+# Architecture families: VisionTransformer arguments (patch_size: the family's default patch).
 FAMILIES: dict[str, dict[str, Any]] = {
     # For unit tests and small data (digits): seconds on a CPU.
     "vit_test": dict(embed_dim=32, depth=2, num_heads=2, patch_size=4),
@@ -43,101 +42,74 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "vit_base_r50": dict(embed_dim=768, depth=12, num_heads=12, hybrid_layers=(3, 4, 9)),
 }
 HYBRID_STRIDE = 16
+DEFAULT_PATCH, DEFAULT_RES = 16, 224
+
+# Input normalisation by family: the legacy ViT-S/16 was trained on ImageNet's statistics, the rest on [-1, 1].
+FAMILY_MEAN_STD: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {"vit_small": (IMAGENET_MEAN, IMAGENET_STD)}
+
+
+def family_mean_std(family: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    return FAMILY_MEAN_STD.get(family, (INCEPTION_MEAN, INCEPTION_STD))
+
+
+def eval_crop_pct(img_size: int) -> float:
+    """The evaluation center crop at a resolution: 0.9 at the pretraining scale (224 up to 384); none below
+    (small images) nor at the fine-tuning resolutions of the paper (384 and above), which are resized whole."""
+    return 0.9 if 224 <= img_size < 384 else 1.0
 
 
 @dataclass(frozen=True)
-class PretrainedCfg:
-    """Everything about a variant that is not architecture: preprocessing and published weights."""
+class Arch:
+    """A registered architecture: a family at one patch size and resolution."""
 
-    name: str
-    input_size: tuple[int, int, int] = (3, 224, 224)
-    mean: tuple[float, ...] = INCEPTION_MEAN
-    std: tuple[float, ...] = INCEPTION_STD
-    crop_pct: float = 0.9
-    interpolation: str = "bicubic"
-    num_classes: int = 1000
-    file: str | None = None  # published file name; its 8 hex digits start the file's SHA-256
-    url: str | None = None
-    top1: float | None = None  # published ImageNet-1k top-1 / top-5 (%), from the model card
-    top5: float | None = None
-
-    @property
-    def img_size(self) -> int:
-        return self.input_size[-1]
-
-
-@dataclass(frozen=True)
-class Variant:
     family: str
     patch_size: int
     img_size: int
-    cfg: PretrainedCfg
 
 
-def _jx(name: str, family: str, patch: int, res: int, file: str, top1: float, top5: float) -> Variant:
-    crop = 0.9 if res == 224 else 1.0
-    cfg = PretrainedCfg(name, (3, res, res), crop_pct=crop, file=file, url=JX_RELEASE + file, top1=top1, top5=top5)
-    return Variant(family, patch, res, cfg)
+@dataclass(frozen=True)
+class Weights:
+    """A published weight file: what it holds (``arch.tag``), where it is, and the model card's figures."""
+
+    arch: str
+    tag: str
+    file: str  # its 8 hex digits start the file's SHA-256
+    url: str
+    top1: float | None = None  # published ImageNet-1k top-1 / top-5 (%)
+    top5: float | None = None
+    num_classes: int = 1000
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch}.{self.tag}"
+
+    @property
+    def sha256_prefix(self) -> str | None:
+        m = re.search(r"-([0-9a-f]{8})\.[A-Za-z]+$", self.file)
+        return m.group(1) if m else None
 
 
-def _plain(name: str, family: str, patch: int, res: int, **cfg: Any) -> Variant:
-    cfg.setdefault("crop_pct", 0.9 if res == 224 else 1.0)
-    return Variant(family, patch, res, PretrainedCfg(name, (3, res, res), **cfg))
+def _jx(arch: str, file: str, top1: float, top5: float) -> Weights:
+    # timm's tag for the paper's ImageNet-21k pretrained, ImageNet-1k fine-tuned release
+    return Weights(arch, "orig_in21k_ft_in1k", file, JX_RELEASE + file, top1, top5)
 
 
-_VARIANTS: list[Variant] = [
-    # The model card's seven.
-    Variant(
-        "vit_small",
-        16,
-        224,
-        PretrainedCfg(
-            "vit_small_patch16_224",
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-            file="vit_small_p16_224-15ec54c9.pth",
-            url=LEGACY_RELEASE + "vit_small_p16_224-15ec54c9.pth",
-            top1=77.85,
-            top5=93.42,
-        ),
-    ),
-    _jx("vit_base_patch16_224", "vit_base", 16, 224, "jx_vit_base_p16_224-80ecf9dd.pth", 81.78, 96.13),
-    _jx("vit_base_patch16_384", "vit_base", 16, 384, "jx_vit_base_p16_384-83fb41ba.pth", 84.20, 97.22),
-    _jx("vit_base_patch32_384", "vit_base", 32, 384, "jx_vit_base_p32_384-830016f5.pth", 81.66, 96.13),
-    _jx("vit_base_resnet50_384", "vit_base_r50", 16, 384, "jx_vit_base_resnet50_384-9fd3c705.pth", 84.99, 97.30),
-    _jx("vit_large_patch16_224", "vit_large", 16, 224, "jx_vit_large_p16_224-4ee7a4dc.pth", 83.06, 96.44),
-    _jx("vit_large_patch16_384", "vit_large", 16, 384, "jx_vit_large_p16_384-b3be5167.pth", 85.17, 97.36),
-    # Architectures without a model-card checkpoint.
-    _plain("vit_base_patch32_224", "vit_base", 32, 224),
-    _plain("vit_large_patch32_384", "vit_large", 32, 384),
-    _plain("vit_huge_patch14_224", "vit_huge", 14, 224),
-    _plain("vit_tiny_patch16_224", "vit_tiny", 16, 224),
-    _plain("vit_tiny_patch16_384", "vit_tiny", 16, 384),
-    _plain("vit_small_augreg_patch16_224", "vit_small_augreg", 16, 224),
-    _plain("vit_small_augreg_patch16_384", "vit_small_augreg", 16, 384),
-    _plain("vit_base_resnet50_224", "vit_base_r50", 16, 224),
-    _plain("vit_test_patch4_32", "vit_test", 4, 32, crop_pct=1.0),
-    _plain("vit_micro_patch4_32", "vit_micro", 4, 32, crop_pct=1.0),
+_WEIGHTS = [
+    Weights("vit_small_patch16_224", "legacy_in1k", "vit_small_p16_224-15ec54c9.pth",
+            LEGACY_RELEASE + "vit_small_p16_224-15ec54c9.pth", 77.85, 93.42),  # fmt: skip
+    _jx("vit_base_patch16_224", "jx_vit_base_p16_224-80ecf9dd.pth", 81.78, 96.13),
+    _jx("vit_base_patch16_384", "jx_vit_base_p16_384-83fb41ba.pth", 84.20, 97.22),
+    _jx("vit_base_patch32_384", "jx_vit_base_p32_384-830016f5.pth", 81.66, 96.13),
+    _jx("vit_base_resnet50_384", "jx_vit_base_resnet50_384-9fd3c705.pth", 84.99, 97.30),
+    _jx("vit_large_patch16_224", "jx_vit_large_p16_224-4ee7a4dc.pth", 83.06, 96.44),
+    _jx("vit_large_patch16_384", "jx_vit_large_p16_384-b3be5167.pth", 85.17, 97.36),
 ]
-VARIANTS: dict[str, Variant] = {v.cfg.name: v for v in _VARIANTS}
+WEIGHTS: dict[str, Weights] = {w.name: w for w in _WEIGHTS}  # "arch.tag" -> file; the first of an arch is its default
 
-# Arguments of VisionTransformer a user may override from create_model / the config.
-OVERRIDABLE = {
-    "patch_size",
-    "in_chans",
-    "global_pool",
-    "class_token",
-    "representation_size",
-    "drop_rate",
-    "attn_drop_rate",
-    "drop_path_rate",
-    "head_bias_init",
-    "qkv_bias",
-    "mlp_ratio",
-    "embed_dim",
-    "depth",
-    "num_heads",
-}
+
+def default_weights(arch: str) -> Weights | None:
+    """The published file an architecture name stands for, if any."""
+    return next((w for w in _WEIGHTS if w.arch == arch), None)
 
 
 def variant_name(family: str, patch_size: int, img_size: int) -> str:
@@ -147,6 +119,33 @@ def variant_name(family: str, patch_size: int, img_size: int) -> str:
     return f"{family}_patch{patch_size}_{img_size}"
 
 
+def _arch(family: str, patch: int, res: int) -> tuple[str, Arch]:
+    return variant_name(family, patch, res), Arch(family, patch, res)
+
+
+ARCHS: dict[str, Arch] = dict(
+    [
+        _arch("vit_small", 16, 224),
+        _arch("vit_base", 16, 224),
+        _arch("vit_base", 16, 384),
+        _arch("vit_base", 32, 224),
+        _arch("vit_base", 32, 384),
+        _arch("vit_base_r50", 16, 224),
+        _arch("vit_base_r50", 16, 384),
+        _arch("vit_large", 16, 224),
+        _arch("vit_large", 16, 384),
+        _arch("vit_large", 32, 384),
+        _arch("vit_huge", 14, 224),
+        _arch("vit_tiny", 16, 224),
+        _arch("vit_tiny", 16, 384),
+        _arch("vit_small_augreg", 16, 224),
+        _arch("vit_small_augreg", 16, 384),
+        _arch("vit_test", 4, 32),
+        _arch("vit_micro", 4, 32),
+    ]
+)
+
+
 def resolve_name(family: str, patch_size: int, img_size: int) -> str:
     """Validate a family / patch / resolution triple and return its canonical variant name.
 
@@ -154,10 +153,10 @@ def resolve_name(family: str, patch_size: int, img_size: int) -> str:
         ValueError: unknown family, a resolution that the patch does not divide, or a hybrid with a patch
             other than its backbone stride.
     """
-    if family in VARIANTS:
-        family = VARIANTS[family].family
+    if family in ARCHS:
+        family = ARCHS[family].family
     if family not in FAMILIES:
-        raise ValueError(_unknown_message(family, FAMILIES))
+        raise ValueError(unknown_message(family))
     if "hybrid_layers" in FAMILIES[family] and patch_size != HYBRID_STRIDE:
         raise ValueError(
             f"{family} is a hybrid whose ResNet backbone has a fixed stride of {HYBRID_STRIDE}, so patch={patch_size} "
@@ -171,8 +170,8 @@ def resolve_name(family: str, patch_size: int, img_size: int) -> str:
     return variant_name(family, patch_size, img_size)
 
 
-def _unknown_message(name: str, known: dict[str, Any]) -> str:
-    close = difflib.get_close_matches(name, list(known) + list(VARIANTS), n=3, cutoff=0.6)
+def unknown_message(name: str) -> str:
+    close = difflib.get_close_matches(name, list(FAMILIES) + list(ARCHS), n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return (
         f"unknown model {name!r}.{hint} Families: {', '.join(FAMILIES)}; "
@@ -181,99 +180,14 @@ def _unknown_message(name: str, known: dict[str, Any]) -> str:
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Registered variant names matching a shell-style pattern, sorted."""
-    return sorted(n for n in VARIANTS if fnmatch.fnmatch(n, pattern))
+    """Registered architecture names matching a shell-style pattern, sorted."""
+    return sorted(n for n in ARCHS if fnmatch.fnmatch(n, pattern))
+
+
+def list_pretrained(pattern: str = "*") -> list[str]:
+    """Published weight files as ``arch.tag`` names matching a shell-style pattern, sorted."""
+    return sorted(n for n in WEIGHTS if fnmatch.fnmatch(n, pattern))
 
 
 def list_families() -> list[str]:
     return list(FAMILIES)
-
-
-def get_pretrained_cfg(name: str, img_size: int | None = None) -> PretrainedCfg:
-    """Preprocessing and published metadata of a registered variant (or generic defaults for a family).
-
-    Args:
-        name: A registered name such as ``vit_base_patch16_384``, or a family such as ``vit_tiny``.
-        img_size: Override the input size (e.g. a family at a small resolution).
-    """
-    if name in VARIANTS:
-        cfg = VARIANTS[name].cfg
-    elif name in FAMILIES:
-        cfg = PretrainedCfg(name)
-    else:
-        raise ValueError(_unknown_message(name, FAMILIES))
-    if img_size is not None and img_size != cfg.img_size:
-        crop = cfg.crop_pct if img_size >= 224 else 1.0  # small images are not cropped
-        cfg = dataclasses.replace(cfg, input_size=(cfg.input_size[0], img_size, img_size), crop_pct=crop)
-    return cfg
-
-
-def _architecture(name: str, img_size: int | None, patch_size: int | None) -> tuple[str, dict[str, Any], PretrainedCfg]:
-    """Decode a name into (canonical name, VisionTransformer kwargs, metadata)."""
-    if name in VARIANTS:
-        family, patch, res = VARIANTS[name].family, VARIANTS[name].patch_size, VARIANTS[name].img_size
-    elif name in FAMILIES:
-        family, patch, res = name, FAMILIES[name].get("patch_size", 16), 224
-    else:
-        raise ValueError(_unknown_message(name, FAMILIES))
-    patch, res = patch_size or patch, img_size or res
-    canonical = resolve_name(family, patch, res)
-    if canonical in VARIANTS:
-        cfg = VARIANTS[canonical].cfg
-    else:
-        cfg = dataclasses.replace(get_pretrained_cfg(name, res), name=canonical)
-    kwargs = {k: v for k, v in FAMILIES[family].items() if k != "patch_size"}
-    kwargs.update(img_size=res, patch_size=patch)
-    return canonical, kwargs, cfg
-
-
-def resolve_pretrained_cfg(name: str, patch_size: int | None = None, img_size: int | None = None) -> PretrainedCfg:
-    """The metadata that ``create_model(name, patch_size=..., img_size=...)`` attaches to its model.
-
-    Raises:
-        ValueError: unknown name, or an impossible patch/resolution pair.
-    """
-    return _architecture(name, img_size, patch_size)[2]
-
-
-def create_model(
-    name: str,
-    num_classes: int | None = None,
-    img_size: int | None = None,
-    pretrained: str | Path | None = None,
-    grad_checkpointing: bool = False,
-    **overrides: Any,
-) -> VisionTransformer:
-    """Build a ViT by name, optionally loading a local checkpoint.
-
-    Args:
-        name: A registered variant (``vit_base_patch16_384``) or a family (``vit_base``) with
-            ``patch_size``/``img_size``; a family at a registered patch/resolution gets that variant's metadata.
-        num_classes: Head size; defaults to the variant's (1000). 0 builds a feature extractor.
-        img_size: Input resolution; a checkpoint trained at another one has its position embedding resampled.
-        pretrained: Path of a local checkpoint (.pth, .bin, .safetensors, .npz, or a vit_exp .ckpt).
-        grad_checkpointing: Recompute block activations in backward to save memory.
-        **overrides: Architecture arguments that papers vary (``patch_size``, ``global_pool``,
-            ``class_token``, ``representation_size``, ``drop_rate``, ``attn_drop_rate``, ``drop_path_rate``,
-            ``in_chans``, ``head_bias_init``, ...).
-
-    Raises:
-        ValueError: unknown name or override, or an impossible patch/resolution pair.
-    """
-    unknown = set(overrides) - OVERRIDABLE
-    if unknown:
-        raise ValueError(f"unknown model override(s) {sorted(unknown)}; allowed: {sorted(OVERRIDABLE)}")
-    canonical, kwargs, cfg = _architecture(name, img_size, overrides.pop("patch_size", None))
-    kwargs.update(overrides)
-    kwargs["num_classes"] = cfg.num_classes if num_classes is None else num_classes
-    if kwargs["num_classes"] != cfg.num_classes:
-        cfg = dataclasses.replace(cfg, num_classes=kwargs["num_classes"])
-    model = VisionTransformer(**kwargs)
-    model.pretrained_cfg = cfg
-    model.variant_name = canonical
-    if pretrained:
-        from vit_exp.models.checkpoint import load_checkpoint
-
-        load_checkpoint(model, pretrained)
-    model.set_grad_checkpointing(grad_checkpointing)
-    return model

@@ -1,4 +1,4 @@
-"""Callbacks of our own (the rest are Lightning's, chosen in ``conf/callbacks``)."""
+"""``Throughput``: training images per second over the whole fit (``results.json``'s ``images_per_s``)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import time
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 
 class Throughput(pl.Callback):
@@ -39,17 +37,3 @@ class Throughput(pl.Callback):
             self.seconds += now - self._since
             self.images += len(batch[0]) * trainer.world_size
         self._since = now
-
-
-class BestCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` keeping the best by its monitor, where a tie goes to the later checkpoint.
-
-    Accuracy on a small validation set moves in steps of 1/N and plateaus; Lightning keeps the first
-    checkpoint of a plateau, this keeps the last, trained longest (and, under a decaying schedule, better).
-    """
-
-    def check_monitor_top_k(self, trainer: pl.Trainer, current: torch.Tensor | None = None) -> bool:
-        tie = current is not None and self.save_top_k == 1 and bool(self.best_k_models)
-        if tie and bool(current == self.best_k_models[self.kth_best_model_path]):
-            return trainer.strategy.reduce_boolean_decision(True)
-        return super().check_monitor_top_k(trainer, current)

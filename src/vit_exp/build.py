@@ -1,0 +1,194 @@
+"""Building a run's parts from its checked config: the data module (with the model's preprocessing), the
+backbone, the LightningModule (the ``module:`` node), the Trainer, and the run's batch plan.
+
+Each builder receives its own slice of the config. Errors that our own classes raise inside Hydra's
+``instantiate`` reach the user as the ``ConfigError`` they are, not wrapped in Hydra's "Error in call to target".
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from vit_exp.errors import ConfigError
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+    from vit_exp.data.datamodule import ViTDataModule
+    from vit_exp.models import ModelSpec
+    from vit_exp.module import ViTModule
+    from vit_exp.scaling import BatchPlan
+
+log = logging.getLogger(__name__)
+
+@contextmanager
+def our_errors() -> Iterator[None]:
+    """Re-raise a ``ConfigError`` that Hydra's ``instantiate`` wrapped (its ``InstantiationException``) as itself."""
+    from hydra.errors import InstantiationException
+
+    try:
+        yield
+    except InstantiationException as e:
+        cause: BaseException | None = e
+        while cause is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise cause from None
+
+
+def build_datamodule(data_cfg: DictConfig, preprocessing: Any) -> ViTDataModule:
+    """Instantiate ``conf/data``, taking the model's ``preprocessing`` (a ``ModelSpec``'s: ``mean``, ``std``,
+    ``crop_pct``, ``interpolation``) where the config leaves it null."""
+    from hydra.utils import instantiate
+
+    from vit_exp.models import PREPROCESSING
+
+    defaults = {
+        k: list(v) if isinstance(v, tuple) else v for k in PREPROCESSING if (v := getattr(preprocessing, k)) is not None
+    }
+    chosen = {k: defaults[k] for k in PREPROCESSING if data_cfg.get(k) is None}
+    with our_errors():
+        return instantiate(data_cfg, _convert_="all", **chosen)
+
+
+def build_model(spec: ModelSpec, model_cfg: DictConfig) -> Any:
+    """The backbone ``spec`` describes, with the weights (``model.pretrained``) and memory setting of ``model_cfg``."""
+    from vit_exp.models import create_model
+
+    pretrained, memory = model_cfg.get("pretrained"), bool(model_cfg.get("grad_checkpointing"))
+    if pretrained and Path(pretrained).is_dir():  # a sharded (FSDP) checkpoint of ours: not a published format
+        from vit_exp.checkpoints import load_weights
+        from vit_exp.models.spec import with_weights_file
+
+        backbone = create_model(with_weights_file(spec, pretrained), grad_checkpointing=memory)
+        load_weights(backbone, pretrained)
+        return backbone
+    return create_model(spec, pretrained=pretrained, grad_checkpointing=memory)
+
+
+def build_module(cfg: DictConfig, backbone: Any, datamodule: ViTDataModule, lr: float) -> ViTModule:
+    """The ``module:`` node (a partial ``ViTModule``: loss, optimizer, schedule, mixup, compile) given the backbone,
+    the data's classes, the run's config (stored in checkpoints) and the optimizer's learning rate ``lr``."""
+    from hydra.utils import instantiate
+
+    node = OmegaConf.to_container(cfg.module, resolve=True)
+    node["optimizer"]["lr"] = lr  # the batch plan's: the recipe's optim.lr scaled to this run's global batch
+    with our_errors():
+        factory = instantiate(node)
+    return factory(
+        backbone,
+        num_classes=datamodule.num_classes,
+        multi_label=datamodule.multi_label,
+        config=OmegaConf.to_container(cfg, resolve=True),
+        class_names=datamodule.source.class_names,
+    )
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[Any], with_config_callbacks: bool = True) -> pl.Trainer:
+    """The Lightning Trainer of ``cfg.trainer`` (hardware profile included), its callbacks and loggers."""
+    from hydra.utils import instantiate
+
+    if with_config_callbacks:
+        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + callbacks
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def batch_plan(cfg: DictConfig, trainer: pl.Trainer) -> BatchPlan:
+    """The run's global batch (per device x accumulation x devices x nodes) and the recipe's scaled lr."""
+    from vit_exp.scaling import plan
+
+    scaling = cfg.get("lr_scaling") or {}
+    return plan(
+        per_device=int(cfg.data.batch_size),
+        accumulate=int(trainer.accumulate_grad_batches),
+        devices=int(trainer.num_devices),
+        nodes=int(trainer.num_nodes),
+        base_lr=float(cfg.optim.lr),
+        rule=scaling.get("rule") or "none",
+        base_batch=scaling.get("base_batch"),
+    )
+
+
+def restore_training_run(cfg: DictConfig, stored: Mapping[str, Any], typed: set[str]) -> None:
+    """Give an evaluation config (``eval.py ckpt_path=...``) the architecture and the preprocessing of the run that
+    wrote the checkpoint, whose config is ``stored``; preprocessing keys the user typed (``typed``, e.g.
+    ``{"data.crop_pct"}``) keep their value.
+
+    Raises:
+        ConfigError: the checkpoint's head has another number of classes than the data.
+    """
+    from vit_exp.models import PREPROCESSING
+
+    model = stored["model"]
+    if cfg.data.num_classes not in (None, model["num_classes"]):
+        raise ConfigError(
+            f"{cfg.ckpt_path} was trained for {model['num_classes']} classes but this data has "
+            f"{cfg.data.num_classes}; evaluate it on the data it was trained on (data=...)"
+        )
+    with open_dict(cfg):
+        cfg.model = {**model, "pretrained": None}  # the architecture it was trained as; its weights are loaded later
+        trained_data = stored.get("data") or {}
+        for key in PREPROCESSING:
+            if key in trained_data and f"data.{key}" not in typed:  # null: the model's, as in training
+                cfg.data[key] = trained_data[key]
+
+
+def typed_keys() -> set[str]:
+    """The keys given on the command line of this Hydra job (``data.crop_pct=0.9``, ``+x=1``); empty outside one."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
+    return {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+
+
+def tidy_console() -> None:
+    """One line per Lightning message (Hydra's handler, not a second one of Lightning's), and no noise."""
+    import lightning.pytorch  # noqa: F401  (sets up Lightning's loggers)
+
+    if logging.getLogger().hasHandlers():
+        logging.getLogger("lightning").handlers.clear()
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "Tip:" not in r.getMessage())
+    # Hydra creates the run directory (config, log) before the CSV logger writes metrics.csv into it.
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning vs newer torch
+
+
+def describe(cfg: DictConfig, name: str) -> str:
+    """One line: the model, the data, the hardware and where the run writes."""
+    t = cfg.trainer
+    strategy = t.strategy if isinstance(t.strategy, str) else t.strategy.get("_target_", "?").rsplit(".", 1)[-1]
+    return (
+        f"{name} on {cfg.data.get('name') or 'data'}; {t.accelerator} x {t.devices}, strategy {strategy}, "
+        f"precision {t.precision}; output {cfg.paths.output_dir}"
+    )
+
+
+def prepare(cfg: DictConfig) -> tuple[ModelSpec, ViTDataModule, Any]:
+    """Validate, check the hardware, seed; then build the data module and the backbone.
+
+    Returns:
+        (the model's ``ModelSpec``, the data module, the backbone).
+    """
+    from vit_exp.checks import check_hardware, resolve_model, validate
+
+    spec = validate(cfg)
+    log.info("config is valid: %s", describe(cfg, spec.arch))
+    check_hardware(cfg.trainer)
+    tidy_console()
+    import lightning.pytorch as pl
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg.data, spec.preprocessing)
+    if spec.num_classes != datamodule.num_classes:  # a config that leaves the head's size to the data (null)
+        spec = resolve_model(cfg.model, num_classes=datamodule.num_classes)
+    return spec, datamodule, build_model(spec, cfg.model)

@@ -1,0 +1,32 @@
+"""Our Lightning callbacks, one module each; the config chooses them (``conf/callbacks/*.yaml``, next to
+Lightning's own ``ModelCheckpoint`` and ``LearningRateMonitor``).
+
+``Preemption``          save ``last.ckpt`` and exit cleanly on SIGTERM/SIGUSR1 (``preemption``)
+``NonFiniteLossGuard``  stop, or skip the update, on a NaN/Inf loss or gradient (``nan_guard``)
+``ExactResume``         what Lightning leaves out of a resume: random generators, the loader's position (``exact_resume``)
+``Throughput``          training images per second (``throughput``)
+``BestCheckpoint``      the best checkpoint, a tie going to the later one (``best_checkpoint``)
+``FewShotEval``         few-shot top-1 of the frozen features while training (``fewshot``)
+``AttentionImages``     attention maps of validation images, to the loggers that take images (``attention``)
+``RunPlots``            ``curves.png`` and ``confusion_matrix.png`` in the run directory (``plots``)
+"""
+
+from vit_exp.callbacks.attention import AttentionImages
+from vit_exp.callbacks.best_checkpoint import BestCheckpoint
+from vit_exp.callbacks.exact_resume import ExactResume
+from vit_exp.callbacks.fewshot import FewShotEval
+from vit_exp.callbacks.nan_guard import NonFiniteLossGuard
+from vit_exp.callbacks.plots import RunPlots
+from vit_exp.callbacks.preemption import Preemption
+from vit_exp.callbacks.throughput import Throughput
+
+__all__ = [
+    "AttentionImages",
+    "BestCheckpoint",
+    "ExactResume",
+    "FewShotEval",
+    "NonFiniteLossGuard",
+    "Preemption",
+    "RunPlots",
+    "Throughput",
+]

@@ -1,0 +1,91 @@
+"""Checkpoints written whole or not at all: ``AtomicCheckpointIO`` (files) and ``AtomicFSDPStrategy`` (FSDP's
+sharded directories). Named by ``trainer.plugins`` in ``conf/train.yaml`` and by ``conf/hw/fsdp.yaml``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.strategies import FSDPStrategy
+
+from vit_exp import compat
+from vit_exp.checkpoints import swap_names
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` into a temporary file beside the target, fsync, then ``os.replace`` over it.
+
+    A crash, a full disk or a SIGKILL during the save leaves the previous checkpoint as it was (Lightning's own
+    writer buffers the whole checkpoint in memory and, for local files, moves it from the system temp directory,
+    which is a copy, not an atomic rename, when that is another file system). Remote paths (``s3://``) go
+    through Lightning's writer unchanged.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same directory: os.replace is a rename
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint file or directory if there is one."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+class AtomicFSDPStrategy(FSDPStrategy):
+    """Lightning's ``FSDPStrategy`` whose sharded checkpoints are replaced whole or not at all.
+
+    A sharded checkpoint is a directory (one ``__R_0.distcp`` file per rank, torch.distributed.checkpoint's
+    ``.metadata`` and Lightning's ``meta.pt``), which Lightning writes in place: a crash during a save would
+    leave old and new shards mixed and no usable checkpoint. Here every rank writes into ``.NAME.partial``
+    beside it, and once all are done rank 0 swaps it in: ``NAME`` -> ``.NAME.old``, ``.NAME.partial`` ->
+    ``NAME``, then deletes ``.NAME.old``. A crash leaves the previous checkpoint whole at ``NAME``, or, between
+    the two renames, at ``.NAME.old``, from where ``resume=auto`` (``resume_path``) puts it back. Full state
+    dicts (``state_dict_type="full"``, one file) go through the checkpoint_io plugin, atomic already.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], filepath: str | Path, storage_options: Any | None = None
+    ) -> None:
+        if compat.fsdp_state_dict_type(self) != "sharded" or storage_options is not None:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        path = Path(self.broadcast(str(filepath)))  # rank 0's name, so that all ranks write into one directory
+        partial, old = swap_names(path)
+        if self.is_global_zero:
+            _remove(partial)  # what a save that crashed left behind
+        self.barrier("AtomicFSDPStrategy.save_checkpoint:clean")  # no rank writes before it is gone
+        super().save_checkpoint(checkpoint, partial)
+        if self.is_global_zero:
+            # DCP's save returns after every rank's shards and the index are written (and fsynced); meta.pt, which
+            # rank 0 wrote last, is the one file left to flush before the rename makes the checkpoint current.
+            with open(partial / compat.sharded_meta_filename(), "rb") as f:
+                os.fsync(f.fileno())
+            if path.exists():
+                _remove(old)  # a swap that died after its second rename left it; path is whole
+                path.rename(old)
+            partial.rename(path)
+            _remove(old)
+        self.barrier("AtomicFSDPStrategy.save_checkpoint:swapped")  # no rank reads path before it is swapped in
+
+    def remove_checkpoint(self, filepath: str | Path) -> None:
+        super().remove_checkpoint(filepath)  # rank 0, through the checkpoint_io plugin: a file or a directory
+        if self.is_global_zero and "://" not in str(filepath):
+            for leftover in swap_names(Path(filepath)):
+                _remove(leftover)

@@ -1,0 +1,172 @@
+"""The checks before a run (values, paths, batches) and after its fit (it took steps), and what eval restores."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import ListConfig, OmegaConf
+from PIL import Image
+
+from tests.conftest import ROOT, compose
+from vit_exp import run
+from vit_exp.build import build_module, restore_training_run, typed_keys
+from vit_exp.checks import check_trained, check_training_batches, check_values, validate
+from vit_exp.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer.max_epochs=abc"], "trainer.max_epochs=abc is not a whole number >= 1 (or -1: no limit"),
+        (["trainer.max_epochs=0"], "trainer.max_epochs=0 is not a whole number >= 1"),
+        (["trainer.max_steps=2.5"], "trainer.max_steps=2.5 is not a whole number >= 1, or -1"),
+        (["trainer.devices=0"], "trainer.devices=0 is not a device count >= 1"),
+        (["trainer.precision=bf17"], "trainer.precision=bf17 is not one of 16-true, 16-mixed, bf16-true"),
+        (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps=0 is not a whole number >= 1"),
+        (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1 is not a number >= 0"),
+        (["data.batch_size=0"], "data.batch_size=0 is not a whole number >= 1; set e.g. data.batch_size=64"),
+        (["data.num_workers=-2"], "data.num_workers=-2 is not a whole number >= 0"),
+        (["optim.lr=-1"], "optim.lr=-1 is not a number > 0; set e.g. optim.lr=1e-3"),
+        (["optim.weight_decay=abc"], "optim.weight_decay=abc is not a number >= 0"),
+        (["optim=sgd", "optim.momentum=1.5"], "optim.momentum=1.5 is not a number in [0, 1)"),
+        (["sched.warmup_steps=-5"], "sched.warmup_steps=-5 is not a whole number >= 0"),
+        (["sched.decay=step"], "sched.decay=step is not one of cosine, linear, constant"),
+        (["seed=abc"], "seed=abc is not a whole number"),
+        (["loss.label_smoothing=1.5"], "loss.label_smoothing=1.5 is not a number in [0, 1)"),
+        (["compile=maybe"], "compile=maybe is not true or false"),
+        (["lr_scaling.rule=linear"], "lr_scaling.rule=linear needs lr_scaling.base_batch"),
+        (["mixup={mixup_alpha: -1}"], "one of them must be > 0 (and neither < 0)"),
+    ],
+)
+def test_values_users_type_are_checked_with_the_key_the_value_and_the_fix(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        validate(compose("train", overrides, Path("/tmp/unused")))
+    assert message in str(error.value)
+
+
+def test_the_shipped_defaults_pass_the_value_checks() -> None:
+    for overrides in ([], ["optim=sgd", "sched=warmup_linear"], ["debug=fast_dev_run"], ["hw=ddp_sim"]):
+        check_values(compose("train", overrides, Path("/tmp/unused")))
+
+
+def test_a_bad_value_fails_on_the_command_line_before_anything_is_built(tmp_path: Path) -> None:
+    cmd = [sys.executable, "train.py", "optim.lr=-1", f"hydra.run.dir={tmp_path / 'run'}"]
+    out = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("error: optim.lr=-1 is not a number > 0")
+    assert "lr -1" not in out.stdout + out.stderr  # stopped before the batch plan was logged
+
+
+def test_train_from_a_file_that_is_no_checkpoint_says_so(tiny_cfg, tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint\n")
+    with pytest.raises(ConfigError, match=r"cannot read .*notes.txt as a checkpoint"):
+        run.train(tiny_cfg(f"ckpt_path={text}"))
+    with pytest.raises(ConfigError, match="ckpt_path .*missing.ckpt does not exist"):
+        run.train(tiny_cfg(f"ckpt_path={tmp_path / 'missing.ckpt'}"))
+
+
+def _image_folder(root: Path, train: int, classes: int = 3, loose: bool = False) -> Path:
+    """root/{train,val}/<class>/*.png with ``train`` training images in all (or loose in train/ with ``loose``)."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train), ("val", classes)):
+        for i in range(count):
+            folder = root / split if loose and split == "train" else root / split / f"c{i % classes}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def _folder_cfg(tiny_cfg, root: Path, *overrides: str):
+    return tiny_cfg("data=imagefolder", f"data.root={root}", "data.num_classes=3", "data.num_workers=0", *overrides)
+
+
+def test_a_training_split_without_a_full_batch_stops_before_fit(tiny_cfg, tmp_path: Path) -> None:
+    """15 images and batch 64 (drop_last) gave zero training batches, tested random weights and exited 0."""
+    cfg = _folder_cfg(tiny_cfg, _image_folder(tmp_path / "data", train=15), "data.batch_size=64")
+    with pytest.raises(ConfigError, match=r"15 training images on 1 rank < data.batch_size=64.*lower data.batch_size"):
+        run.train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was fitted
+
+
+def test_the_batch_count_is_per_rank() -> None:
+    check_training_batches(64, ranks=1, batch_size=64)
+    check_training_batches(None, ranks=8, batch_size=64)  # a stream: its length is unknown
+    with pytest.raises(ConfigError, match=r"100 training images on 2 ranks \(50 per rank\) < data.batch_size=64"):
+        check_training_batches(100, ranks=2, batch_size=64)
+
+
+def test_folder_mistakes_arrive_as_config_errors_not_wrapped_by_hydra(tiny_cfg, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"data.root=.*nowhere does not exist; point data.root at"):
+        run.train(_folder_cfg(tiny_cfg, tmp_path / "nowhere"))
+    loose = _image_folder(tmp_path / "loose", train=6, loose=True)
+    with pytest.raises(ConfigError) as error:
+        run.train(_folder_cfg(tiny_cfg, loose))
+    assert "holds 6 images directly, not in class folders" in str(error.value)
+    assert "full_key" not in str(error.value) and "Error in call to target" not in str(error.value)
+
+
+def test_a_run_that_took_no_optimizer_step_fails(tiny_cfg) -> None:
+    with pytest.raises(ConfigError, match="the run took 0 optimizer steps"):
+        run.train(tiny_cfg("++trainer.limit_train_batches=0"))
+    check_trained(1)  # fast_dev_run takes one step
+
+
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")
+def test_a_resumed_run_with_nothing_left_reports_the_trained_model(tiny_cfg, tmp_path: Path) -> None:
+    """Its fit has nothing to do, but the model it tests is trained: the figures are the checkpoint's."""
+    first = run.train(tiny_cfg(run_dir=tmp_path / "a"))
+    again = run.train(tiny_cfg(f"ckpt_path={first.last_checkpoint}", run_dir=tmp_path / "b"))
+    assert again.steps == first.steps == 3 and again.top1 is not None
+
+
+def test_checkpoints_hold_plain_containers_only(tiny_cfg, tmp_path: Path) -> None:
+    """AdamW got Hydra's ListConfig betas; on torch 2.9 the checkpoint then failed torch.load(weights_only=True)."""
+    cfg = tiny_cfg()
+    module = build_module(cfg, torch.nn.Linear(2, 2), _FakeData(), lr=1e-3)
+    betas = module.optimizer_factory.keywords["betas"]
+    assert not isinstance(betas, ListConfig) and [type(b) for b in betas] == [float, float]
+    assert not any(OmegaConf.is_config(v) for v in module.optimizer_factory.keywords.values())
+    results = run.train(cfg)
+    saved = torch.load(results.last_checkpoint, weights_only=True)
+    assert [type(b) for b in saved["optimizer_states"][0]["param_groups"][0]["betas"]] == [float, float]
+
+
+class _FakeData:
+    num_classes, multi_label = 10, False
+    source = type("S", (), {"class_names": None})()
+
+
+def test_eval_restores_the_preprocessing_of_the_training_run(tmp_path: Path) -> None:
+    stored = OmegaConf.to_container(
+        compose("train", ["data.crop_pct=0.5", "data.mean=[0.1,0.2,0.3]"], tmp_path), resolve=True
+    )
+    cfg = compose("eval", ["ckpt_path=x.ckpt"], tmp_path)  # digits.yaml: crop_pct 1.0, mean null
+    restore_training_run(cfg, stored, typed=set())
+    assert cfg.data.crop_pct == 0.5 and list(cfg.data.mean) == [0.1, 0.2, 0.3] and cfg.data.std is None
+    assert cfg.model.name == stored["model"]["name"] and cfg.model.pretrained is None
+    cfg = compose("eval", ["ckpt_path=x.ckpt", "data.crop_pct=0.8"], tmp_path)
+    restore_training_run(cfg, stored, typed={"data.crop_pct"})  # what the user typed wins
+    assert cfg.data.crop_pct == 0.8 and list(cfg.data.mean) == [0.1, 0.2, 0.3]
+
+
+def test_typed_keys_are_the_command_line_overrides(tmp_path: Path) -> None:
+    assert typed_keys() == set()  # outside a Hydra job
+    hydra_cfg = compose("eval", ["ckpt_path=x.ckpt", "++data.crop_pct=0.8"], tmp_path, return_hydra_config=True)
+    HydraConfig.instance().set_config(hydra_cfg)
+    try:
+        assert {"ckpt_path", "data.crop_pct"} <= typed_keys() and "++data.crop_pct" not in typed_keys()
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+def test_eval_of_a_run_uses_its_preprocessing(tiny_cfg, tmp_path: Path) -> None:
+    trained = run.train(tiny_cfg("data.mean=[0.9,0.9,0.9]", "data.std=[0.05,0.05,0.05]", run_dir=tmp_path / "t"))
+    evaluated = run.evaluate(tiny_cfg(f"ckpt_path={trained.checkpoint}", config_name="eval", run_dir=tmp_path / "e"))
+    assert evaluated.top1 == pytest.approx(trained.top1) and evaluated.top5 == pytest.approx(trained.top5)

@@ -1,0 +1,126 @@
+"""The command line: misspelt groups, options and keys get the closest real one, before anything heavy runs;
+a run that fails validation leaves no run directory; a user's own config folder composes with ours."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, compose
+from vit_exp.cli import CONF_DIR, _remove_unused_run_dir
+from vit_exp.errors import ConfigError
+from vit_exp.overrides import check_overrides
+
+
+def _cli(*args: str, cwd: Path, script: str = "train.py") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["optm=sgd"], "unknown config group optm (optm=sgd); did you mean optim=sgd?"),
+        (["+optm=sgd"], "unknown config group optm (+optm=sgd); did you mean optim=sgd?"),  # trained AdamW before
+        (["++optm=sgd"], "did you mean optim=sgd?"),
+        (["trainer.max_epoch=3"], "trainer.max_epoch is not a key of trainer; did you mean trainer.max_epochs=3?"),
+        (["+trainer.max_epoch=3"], "did you mean trainer.max_epochs=3? (++trainer.max_epoch=3 adds it anyway)"),
+        (["optm.lr=0.1"], "did you mean optim.lr=0.1?"),
+        (["trainer.foo=1"], "to add a new key, write +trainer.foo=1"),
+        (["model=vit_bse"], "unknown option model=vit_bse; did you mean model=vit_base?"),
+        (["data=_base"], "_base is the shared base of the data options"),
+        (["-m", "model=vit_base,vit_bse"], "did you mean model=vit_base?"),  # each choice of a sweep
+        (["data=hf", "data.source.name_or_pth=x"], "did you mean data.source.name_or_path=x?"),  # the group's keys
+    ],
+)
+def test_a_typo_gets_the_closest_real_name(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        check_overrides(argv, CONF_DIR, "train")
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["model=vit_base", "patch=32", "res=384", "trainer.max_epochs=3"],
+        ["++trainer.limit_train_batches=3", "++trainer.max_epoch=3"],  # ++: added whatever its name
+        ["+model.depth=2", "+callbacks.extra._target_=x.Y", "+trainer.limit_val_batches=1"],  # new keys in a node
+        ["-m", "optim.lr=1e-3,3e-4", "model=vit_base,vit_large", "hydra/launcher=basic", "hydra.sweep.dir=x"],
+        ["experiment=vit_b16_imagenet_finetune", "data.root=/d", "~mixup"],
+        ["trainer=tpu", "trainer.precision=32-true"],  # trainer= is a group (an alias of hw=) and a node
+        ["--help", "optm=sgd"],  # --help prints help, whatever follows
+    ],
+)
+def test_real_names_and_new_keys_inside_a_node_pass(argv: list[str]) -> None:
+    check_overrides(argv, CONF_DIR, "train")
+
+
+def test_eval_and_predict_check_their_own_keys() -> None:
+    check_overrides(["images=a.png", "topk=3", "ckpt_path=x"], CONF_DIR, "predict")  # images is ??? there
+    with pytest.raises(ConfigError, match="did you mean topk=3"):
+        check_overrides(["images=a.png", "top_k=3"], CONF_DIR, "predict")
+    with pytest.raises(ConfigError, match="did you mean split=val"):
+        check_overrides(["splt=val"], CONF_DIR, "eval")
+
+
+def test_the_command_line_says_it_in_one_line_before_anything_heavy(tmp_path: Path) -> None:
+    code = (
+        "import sys, runpy; sys.argv = ['train.py', 'optm=sgd']\n"
+        "try: runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit as e: print(sorted({'torch', 'lightning'} & set(sys.modules))); raise\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert out.stderr == "error: unknown config group optm (optm=sgd); did you mean optim=sgd?\n"
+    assert out.stdout.strip() == "[]"  # neither torch nor Lightning imported
+    assert not (ROOT / "outputs").exists() or all(p.name != "optm" for p in (ROOT / "outputs").iterdir())
+
+
+def test_cfg_job_opens_with_the_resolved_model_name(tmp_path: Path) -> None:
+    out = _cli("model=vit_base", "patch=32", "res=384", "--cfg", "job", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0].startswith("# model: vit_base_patch32_384")
+    assert not list(tmp_path.iterdir())  # --cfg writes nothing
+
+
+def test_a_users_config_folder_builds_on_ours_without_copying(tmp_path: Path) -> None:
+    """--config-dir (or hydra.searchpath) adds a folder whose model/ and experiment/ options use ours."""
+    mine = tmp_path / "myconf"
+    (mine / "model").mkdir(parents=True)
+    (mine / "experiment").mkdir()
+    (mine / "model" / "my_vit.yaml").write_text("# @package _global_\ndefaults:\n  - vit_test\n  - _self_\n\nres: 8\n")
+    (mine / "experiment" / "quick.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /model: my_vit\n  - override /optim: sgd\n\n"
+        "trainer:\n  max_epochs: 2\n"
+    )
+    for where in (["--config-dir", str(mine)], [f"hydra.searchpath=[file://{mine}]"]):
+        out = _cli(*where, "experiment=quick", "optim.lr=0.05", "--cfg", "job", cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("# model: vit_test_patch4_8")
+        assert "max_epochs: 2" in out.stdout and "torch.optim.SGD" in out.stdout and "lr: 0.05" in out.stdout
+    typo = _cli("--config-dir", str(mine), "experiment=quik", cwd=tmp_path)
+    assert typo.returncode == 1 and "did you mean experiment=quick?" in typo.stderr
+    # composed in-process as well (the test helper's path): the user's model is an option beside ours
+    cfg = compose("train", ["model=my_vit", f"hydra.searchpath=[file://{mine}]"], tmp_path)
+    assert (cfg.model.name, cfg.res) == ("vit_test", 8)
+
+
+def test_a_run_directory_with_files_of_its_own_stays(tmp_path: Path) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    for name, extra in (("empty", None), ("used", "checkpoints/last.ckpt")):
+        run_dir = tmp_path / name
+        (run_dir / ".hydra").mkdir(parents=True)
+        (run_dir / "cli.log").write_text("")
+        if extra:
+            (run_dir / extra).parent.mkdir()
+            (run_dir / extra).write_text("")
+        cfg = compose("train", [f"hydra.run.dir={run_dir}"], return_hydra_config=True)
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        HydraConfig.instance().set_config(cfg)
+        _remove_unused_run_dir()
+    assert not (tmp_path / "empty").exists() and (tmp_path / "used" / "checkpoints" / "last.ckpt").exists()
