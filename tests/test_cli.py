@@ -124,3 +124,10 @@ def test_a_run_directory_with_files_of_its_own_stays(tmp_path: Path) -> None:
         HydraConfig.instance().set_config(cfg)
         _remove_unused_run_dir()
     assert not (tmp_path / "empty").exists() and (tmp_path / "used" / "checkpoints" / "last.ckpt").exists()
+
+
+def test_a_run_that_fails_its_checks_leaves_nothing_under_outputs(tmp_path: Path) -> None:
+    """The default ``outputs/DATE/TIME`` goes, and so does ``outputs/DATE`` when nothing else is in it."""
+    out = _cli("optim.lr=-1", cwd=tmp_path)
+    assert out.returncode == 1 and out.stderr.strip().splitlines()[-1].startswith("error: optim.lr=-1")
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").iterdir())

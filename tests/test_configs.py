@@ -104,9 +104,9 @@ def test_published_runs_compose(overrides: list[str], name: str, tmp_path: Path)
 
 
 @pytest.mark.parametrize("choice", ["trainer=tpu", "hw=tpu"])
-def test_tpu_profile_is_the_xla_strategy(choice: str, tmp_path: Path) -> None:
+def test_tpu_profile_is_xla_with_the_strategy_by_device_count(choice: str, tmp_path: Path) -> None:
     trainer = compose("train", [choice], tmp_path).trainer
-    assert (trainer.accelerator, trainer.strategy, trainer.precision) == ("tpu", "xla", "bf16-true")
+    assert (trainer.accelerator, trainer.strategy, trainer.precision) == ("tpu", "auto", "bf16-true")
 
 
 def test_hw_profiles_set_precision(tmp_path: Path) -> None:

@@ -73,3 +73,33 @@ def test_warmup_counts_the_step_being_taken() -> None:
     ``warmup_steps - 1`` reaches the full rate. (The docstring said "from 0"; the values are the default run's.)"""
     assert [warmup_decay(s, total_steps=100, warmup_steps=4) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
     assert warmup_decay(0, total_steps=100, warmup_steps=1) == 1.0 and warmup_decay(0, total_steps=100) == 1.0
+
+
+def test_grad_norm_is_computed_once_per_step_and_equals_clippings_norm() -> None:
+    from vit_exp.optim import grad_norm
+
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(torch.randn(5, 4)).sum().backward()
+    norm = grad_norm(opt, step=0)
+    assert grad_norm(opt, step=0) is norm  # the NaN guard's norm, reused by clipping
+    assert torch.equal(norm, torch.nn.utils.clip_grad_norm_(model.parameters(), 1e9))
+    model.weight.grad.mul_(2)
+    assert grad_norm(opt, step=1) is not norm  # a new step, a new norm
+
+
+def test_optimizers_are_fused_on_cuda_unless_the_config_chose() -> None:
+    from functools import partial
+
+    from vit_exp.optim import build_optimizer
+
+    seen = []
+
+    def adamw(params, lr: float = 1e-3, fused: bool | None = None) -> list:
+        seen.append(fused)
+        return []
+
+    build_optimizer(partial(adamw, lr=1.0), [], torch.device("cuda"))
+    build_optimizer(partial(adamw, lr=1.0, fused=False), [], torch.device("cuda"))
+    build_optimizer(partial(adamw, lr=1.0), [], torch.device("cpu"))  # CPU's fused AdamW rounds differently
+    assert seen == [True, False, None]

@@ -97,7 +97,8 @@ def build_trainer(cfg: DictConfig, callbacks: list[Any], with_config_callbacks: 
     from hydra.utils import instantiate
 
     if with_config_callbacks:
-        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + callbacks
+        made = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+        callbacks = [c for c in made if c is not None] + callbacks  # None: switched off (callbacks.ema.decay=null)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 

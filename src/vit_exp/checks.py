@@ -156,6 +156,17 @@ def _rules() -> tuple[Rule, ...]:
         Rule("lr_scaling.rule", lambda v: v in RULES, f"one of {', '.join(RULES)}", "linear"),
         Rule("lr_scaling.base_batch", lambda v: v is None or _whole(v) and v >= 1, f"{count} (or null)", "512"),
         Rule("compile", lambda v: isinstance(v, bool), "true or false", "true"),
+        Rule("callbacks.ema.decay", lambda v: v is None or _number(v) and 0 < v < 1,
+             "a number in (0, 1) (or null: no EMA)", "0.9998"),
+        Rule("callbacks.ema.warmup", lambda v: isinstance(v, bool), "true or false", "true"),
+        Rule("callbacks.ema.warmup_gamma", lambda v: _number(v) and v > 0, "a number > 0", "1.0"),
+        Rule("callbacks.ema.warmup_power", lambda v: _number(v) and v > 0, "a number > 0", "0.75"),
+        Rule("use_ema", lambda v: isinstance(v, bool), "true or false", "false"),
+        Rule("callbacks.preemption.check_every_n_steps", lambda v: v is None or _whole(v) and v >= 1,
+             f"{count} (or null: trainer.log_every_n_steps)", "10"),
+        Rule("callbacks.nan_guard.action", lambda v: v in ("stop", "skip"), "stop or skip", "skip"),
+        Rule("callbacks.nan_guard.max_consecutive_skips", lambda v: _whole(v) and v >= 0, "a whole number >= 0",
+             "10"),
     )  # fmt: skip
 
 
@@ -185,6 +196,18 @@ def check_values(cfg: DictConfig) -> None:
             "optim.lr was tuned for; set e.g. lr_scaling.base_batch=512 (or lr_scaling.rule=none)"
         )
     _check_mixup(cfg.get("mixup"))
+    ema = OmegaConf.select(cfg, "callbacks.ema.decay")
+    if ema is not None and _sharded(OmegaConf.select(cfg, "trainer.strategy")):
+        raise ConfigError(
+            f"callbacks.ema.decay={ema} averages a whole copy of the model, which FSDP shards: Lightning's weight "
+            "averaging does not support sharded models; use hw=ddp (or hw=gpu), or callbacks.ema.decay=null"
+        )
+
+
+def _sharded(strategy: Any) -> bool:
+    """Whether ``trainer.strategy`` (a name or a ``_target_`` node) is FSDP (ours or Lightning's)."""
+    target = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy)
+    return target.rsplit(".", 1)[-1] in ("FSDPStrategy", "AtomicFSDPStrategy", "fsdp")
 
 
 def _check_mixup(mixup: Any) -> None:
@@ -232,18 +255,13 @@ def check_hardware(trainer_cfg: DictConfig) -> None:
     """Fail with a clear message when the hardware profile asks for a device that is not here.
 
     Raises:
-        HardwareError: TPU/XLA without a TPU, a GPU profile without CUDA or with more GPUs than there are,
+        HardwareError: TPU/XLA without torch_xla or a TPU (or with a device count, strategy or precision that XLA
+            does not run), a GPU profile without CUDA or with more GPUs than there are,
             FSDP on the CPU, or several nodes without a launcher that starts their processes.
     """
     accelerator, strategy = trainer_cfg.get("accelerator"), trainer_cfg.get("strategy")
-    if accelerator == "tpu" or strategy == "xla":
-        from lightning.pytorch.accelerators import XLAAccelerator
-
-        if not XLAAccelerator.is_available():
-            raise HardwareError(
-                "hw=tpu runs on the XLA strategy and needs TPU devices with torch_xla; this machine has none. "
-                "The config above is valid: run the same command on a TPU VM, or choose hw=gpu or hw=cpu"
-            )
+    if accelerator == "tpu" or strategy in ("xla", "single_xla"):
+        _check_xla(trainer_cfg)
     if accelerator in ("gpu", "cuda"):
         import torch
 
@@ -255,8 +273,7 @@ def check_hardware(trainer_cfg: DictConfig) -> None:
                 f"trainer.devices={devices} GPUs asked for, {found} visible here; set trainer.devices={found} "
                 "(or -1: every visible GPU)"
             )
-    target = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy)
-    if accelerator == "cpu" and target.rsplit(".", 1)[-1] in ("FSDPStrategy", "AtomicFSDPStrategy", "fsdp"):
+    if accelerator == "cpu" and _sharded(strategy):
         raise HardwareError("Lightning runs FSDP on CUDA GPUs only; on the CPU use hw=ddp_sim (DDP over gloo)")
     nodes = trainer_cfg.get("num_nodes") or 1
     launched = "SLURM_NTASKS" in os.environ or {"MASTER_ADDR", "NODE_RANK"} <= set(os.environ)
@@ -265,6 +282,41 @@ def check_hardware(trainer_cfg: DictConfig) -> None:
             f"trainer.num_nodes={nodes} needs the processes of every node started by a cluster launcher, and none "
             "is here (no SLURM_NTASKS, no MASTER_ADDR/NODE_RANK): run under SLURM with "
             "`srun python train.py hw=multinode ...`, or `torchrun --nnodes=N ... train.py hw=ddp trainer.num_nodes=N`"
+        )
+
+
+def _check_xla(trainer_cfg: DictConfig) -> None:
+    """torch_xla is here, with TPU devices, and the device count, strategy and precision are ones XLA runs."""
+    from vit_exp.compat import xla_available
+    from vit_exp.xla import PRECISIONS as XLA_PRECISIONS
+
+    if str(trainer_cfg.get("precision")) not in XLA_PRECISIONS:
+        raise HardwareError(
+            f"trainer.precision={trainer_cfg.get('precision')} does not run on XLA; set trainer.precision to one of "
+            f"{', '.join(XLA_PRECISIONS)}"
+        )
+    if not xla_available():
+        raise HardwareError(
+            "hw=tpu needs torch_xla, which is not installed in this environment (it pins its own torch): create one "
+            "with `bash scripts/xla_env.sh VENV_DIR` on the TPU VM, or choose hw=gpu or hw=cpu"
+        )
+    from lightning.pytorch.accelerators import XLAAccelerator
+
+    if not XLAAccelerator.is_available():
+        raise HardwareError(
+            "hw=tpu runs on torch_xla and needs TPU devices; this machine has none. "
+            "The config above is valid: run the same command on a TPU VM, or choose hw=gpu or hw=cpu"
+        )
+    found, devices = XLAAccelerator.auto_device_count(), trainer_cfg.get("devices")
+    if _whole(devices) and devices not in (1, found):
+        raise HardwareError(
+            f"trainer.devices={devices}: XLA runs on one device or on all {found} of this host; set "
+            f"trainer.devices={found} (or trainer.devices=1)"
+        )
+    if trainer_cfg.get("strategy") == "xla" and devices == 1:
+        raise HardwareError(
+            "trainer.strategy=xla with trainer.devices=1: Lightning's XLAStrategy needs several devices; set "
+            "trainer.strategy=auto (SingleDeviceXLAStrategy on one device, XLAStrategy on several)"
         )
 
 

@@ -9,6 +9,7 @@ before it wrote anything of its own leaves no run directory behind.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 from collections.abc import Callable
@@ -71,6 +72,9 @@ def _remove_unused_run_dir() -> None:
     made_by_hydra = any(p.name == ".hydra" and p.is_dir() for p in entries)
     if made_by_hydra and run_dir != Path.cwd() and all(p.name == ".hydra" or p.suffix == ".log" for p in entries):
         shutil.rmtree(run_dir, ignore_errors=True)
+        if run_dir.parent.parent.name == "outputs":  # the default outputs/DATE/TIME: DATE goes too if now empty
+            with contextlib.suppress(OSError):
+                run_dir.parent.rmdir()
 
 
 def _main(task_main: Callable[[], Any], config_name: str) -> Callable[[], Any]:

@@ -105,6 +105,47 @@ def started_experiment(logger: Any) -> Any:
     return getattr(logger, "_experiment", None)
 
 
+class WeightAveragingState:
+    """Named access to the state of Lightning's ``WeightAveraging`` callback, for our subclass of it
+    (``vit_exp.callbacks.EMA``): ``average``, the ``AveragedModel`` made at fit's setup (``_average_model``, None
+    until then), and ``latest_update_step``, the global step of its latest update (``_latest_update_step``, saved in
+    the callback's state). Mixed in before ``WeightAveraging``."""
+
+    @property
+    def average(self) -> Any:
+        return self._average_model  # type: ignore[attr-defined]
+
+    @average.setter
+    def average(self, model: Any) -> None:
+        check_versions()
+        self._average_model = model
+
+    @property
+    def latest_update_step(self) -> int:
+        return self._latest_update_step  # type: ignore[attr-defined]
+
+    @latest_update_step.setter
+    def latest_update_step(self, step: int) -> None:
+        self._latest_update_step = step
+
+
+def is_logging_step(trainer: Any) -> bool:
+    """Whether Lightning writes the training step now running to the loggers (and updates the progress bar): its own
+    rule, ``trainer._logger_connector.should_update_logs`` (every ``log_every_n_steps`` batches, or when stopping).
+    The same answer from ``training_step`` to ``on_train_batch_end``."""
+    return trainer._logger_connector.should_update_logs
+
+
+def forget_step_value(trainer: Any, name: str) -> None:
+    """Drop the value last logged under ``name`` in this training epoch from Lightning's results
+    (``trainer._results[...].reset()``), until it is logged again. Otherwise Lightning turns a ``prog_bar`` value
+    into a Python number (a host read) at every later batch, logged there or not."""
+    results = trainer._results
+    for key, result in (results or {}).items():
+        if key.endswith(f".{name}"):  # keyed "<hook>.<name>"
+            result.reset()
+
+
 LAUNCHER_MODULE = "lightning.pytorch.strategies.launchers.subprocess_script"
 
 
@@ -150,6 +191,22 @@ def foreach_norm(tensors: list[Any]) -> list[Any]:
     return torch._foreach_norm(tensors)
 
 
+def skips_on_device(optimizer: Any) -> bool:
+    """Whether ``optimizer.step`` can skip its update on a device flag (``set_skip_flag``): torch's fused Adam,
+    AdamW and SGD (``_step_supports_amp_scaling``, as ``torch.amp.GradScaler`` checks)."""
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+
+
+def set_skip_flag(optimizer: Any, flag: Any) -> None:
+    """Make the next ``optimizer.step`` a no-op where the float tensor ``flag`` is 1, decided on the device: the
+    fused kernels leave weights and moments as they are and take back the step count (``optimizer.found_inf``,
+    what ``torch.amp.GradScaler.step`` sets); None removes it."""
+    if flag is None:
+        optimizer.__dict__.pop("found_inf", None)
+    else:
+        optimizer.found_inf = flag
+
+
 def abort_process_group() -> None:
     """Abort this process's default process group, so that a collective waiting for a dead rank returns with an
     error (``torch.distributed.distributed_c10d._abort_process_group``)."""
@@ -185,3 +242,36 @@ def job_return_value(job_return: Any) -> Any:
     """What a Hydra job returned, or the exception it raised, without raising it (``JobReturn._return_value``;
     the public ``return_value`` re-raises a failed job's exception)."""
     return job_return._return_value
+
+
+# --- torch_xla (checked on torch_xla 2.9.0 with lightning 2.6.6) --------------------------------------------------
+
+
+def xla_available() -> bool:
+    """Whether torch_xla can be imported here (it needs its own torch: ``scripts/xla_env.sh``)."""
+    import importlib.util
+
+    return importlib.util.find_spec("torch_xla") is not None
+
+
+@contextlib.contextmanager
+def xla_cpu_devices(count: int = 1) -> Iterator[None]:
+    """Test only: within the block, Lightning's ``XLAAccelerator`` counts ``count`` XLA devices, so that
+    ``trainer=tpu`` runs on torch_xla's CPU backend (``PJRT_DEVICE=CPU``).
+
+    Lightning counts TPU chips on the PCI bus (``torch_xla._internal.tpu.num_available_devices``), which finds none
+    on a CPU. The two cached static methods that every part of Lightning asks (``auto_device_count``,
+    ``is_available``) are replaced on the Fabric class the Trainer's ``XLAAccelerator`` inherits from, and put back
+    afterwards. The XLA runtime is not touched: ``count`` > 1 only serves to build a Trainer, not to launch one.
+    """
+    check_versions()
+    from lightning.fabric.accelerators.xla import XLAAccelerator
+
+    saved = {name: XLAAccelerator.__dict__[name] for name in ("auto_device_count", "is_available")}
+    XLAAccelerator.auto_device_count = staticmethod(lambda: count)
+    XLAAccelerator.is_available = staticmethod(lambda: count > 0)
+    try:
+        yield
+    finally:
+        for name, original in saved.items():
+            setattr(XLAAccelerator, name, original)

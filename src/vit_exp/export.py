@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> float:
         "of a sharded FSDP checkpoint)",
     )
     p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--no-ema", action="store_true", help="a run trained with an EMA: export the trained weights")
     p.add_argument("--img-size", type=int, default=None)
     p.add_argument("--format", choices=["onnx", "torch"], default="onnx")
     p.add_argument("--out", required=True, type=Path)
@@ -92,13 +93,13 @@ def main(argv: list[str] | None = None) -> float:
         except ValueError as e:
             p.error(str(e))
         if args.ckpt:
-            load_weights(model, args.ckpt)  # published weights, or a run's .ckpt file or sharded directory
+            load_weights(model, args.ckpt, use_ema=not args.no_ema)  # published, or a run's file or directory
     elif args.ckpt:
         from vit_exp.errors import ConfigError
         from vit_exp.predict import load_run
 
         try:
-            model, _ = load_run(args.ckpt)
+            model, _ = load_run(args.ckpt, use_ema=not args.no_ema)
         except ConfigError as e:
             p.error(f"{e} (or name the architecture with --model)")
     else:

@@ -13,8 +13,9 @@ import torchmetrics
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
 
+from vit_exp import compat
 from vit_exp.data.mixup import MixupCutmix
-from vit_exp.optim import param_groups
+from vit_exp.optim import build_optimizer, grad_norm, param_groups
 
 TOP_K = (1, 5)  # logged as "{stage}/top1", "{stage}/top5" for stage in val, test
 MONITOR = "val/top1"  # what the best checkpoint is chosen by (conf/callbacks refers to it by name)
@@ -129,8 +130,20 @@ class ViTModule(pl.LightningModule):
         if self.mixup is not None:
             x, y = self.mixup(x, y)
         loss = self.criterion(self._logits(x), _float32(y))
-        self.log("train/loss", loss, prog_bar=True)
+        # Only where Lightning logs: a logged progress-bar value is read by the host at every batch (a GPU stall).
+        if self._logging_step():
+            self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def _logging_step(self) -> bool:
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # no Trainer (a unit test): self.log warns and does nothing
+            return True
+        return compat.is_logging_step(trainer)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        compat.forget_step_value(self.trainer, "train/loss")  # logged at an earlier step: not read again
 
     def on_train_epoch_end(self) -> None:
         # Unreadable images are skipped by the sources (data.strict=false); show how many, so it is not silent.
@@ -160,7 +173,7 @@ class ViTModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
             raise ValueError("ViTModule was built without an optimizer; pass optimizer= (conf/optim) to train")
-        optimizer = self.optimizer_factory(param_groups(self.model))
+        optimizer = build_optimizer(self.optimizer_factory, param_groups(self.model), self.device)
         if self.schedule is None:
             return optimizer
         lr_lambda = partial(self.schedule, total_steps=int(self.trainer.estimated_stepping_batches))
@@ -173,10 +186,19 @@ class ViTModule(pl.LightningModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
+        from lightning.pytorch.plugins.precision import Precision
         from torch.distributed.fsdp import FullyShardedDataParallel
 
         if gradient_clip_val and isinstance(self.trainer.model, FullyShardedDataParallel):
             # Lightning's FSDP precision refuses norm clipping; FSDP computes the global norm over all shards itself.
             self.trainer.model.clip_grad_norm_(gradient_clip_val)
+            return
+        plain = type(self.trainer.precision_plugin).clip_grad_by_norm is Precision.clip_grad_by_norm
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and plain:
+            # Lightning's clip_grad_norm_, with the norm the NaN guard already took at this step (one norm a step).
+            norm = grad_norm(optimizer, self.trainer.global_step)
+            if norm is not None:
+                params = [p for group in optimizer.param_groups for p in group["params"]]
+                torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)

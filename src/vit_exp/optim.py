@@ -5,13 +5,20 @@ Both are chosen in ``conf/optim`` and ``conf/sched`` and wired by ``vit_exp.modu
 
 from __future__ import annotations
 
+import inspect
 import math
+import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch stays out of the config checks that import DECAYS
+    import torch
     from torch import nn
 
 DECAYS = ("cosine", "linear", "constant")
+# Where optimizers run fused by default. Not the CPU: its fused AdamW rounds differently from the default loop
+# (vit_micro, 20 steps: weights differ by up to 2e-5), and the default run must reproduce bit for bit.
+FUSED_DEVICES = ("cuda",)
 
 
 def param_groups(model: nn.Module, weight_decay: float | None = None) -> list[dict[str, Any]]:
@@ -40,6 +47,41 @@ def param_groups(model: nn.Module, weight_decay: float | None = None) -> list[di
     if weight_decay is not None:
         first["weight_decay"] = weight_decay
     return [first, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(
+    factory: Callable[..., torch.optim.Optimizer], params: Any, device: torch.device
+) -> torch.optim.Optimizer:
+    """``factory(params)``, with ``fused=True`` where torch has a fused kernel for it on ``device``.
+
+    Fused (one kernel for all tensors) where the optimizer takes ``fused`` (AdamW, Adam, SGD), the device is in
+    ``FUSED_DEVICES`` and the config did not choose (``optim.fused=false`` turns it off).
+    """
+    chosen = "fused" in getattr(factory, "keywords", {})
+    func = getattr(factory, "func", factory)
+    if device.type in FUSED_DEVICES and not chosen and "fused" in inspect.signature(func).parameters:
+        return factory(params, fused=True)
+    return factory(params)
+
+
+_GRAD_NORMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # optimizer -> (step, norm)
+
+
+def grad_norm(optimizer: torch.optim.Optimizer, step: int) -> torch.Tensor | None:
+    """The 2-norm of all gradients of ``optimizer``'s parameters at optimizer step ``step``, on their device.
+
+    Computed once per step (``torch.nn.utils.get_total_norm``) and remembered for that step, so that the NaN
+    guard and gradient clipping (``ViTModule.configure_gradient_clipping``) share one norm. None: no gradients.
+    """
+    import torch
+
+    cached = _GRAD_NORMS.get(optimizer)
+    if cached is not None and cached[0] == step:
+        return cached[1]
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads) if grads else None
+    _GRAD_NORMS[optimizer] = (step, norm)
+    return norm
 
 
 def warmup_decay(

@@ -40,8 +40,9 @@ def imagenet_class_names() -> list[str]:
     return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def load_run(path: str | Path) -> tuple[VisionTransformer, dict[str, Any]]:
-    """The model of a checkpoint written by ``train.py``, rebuilt from its stored config, in eval mode.
+def load_run(path: str | Path, use_ema: bool = True) -> tuple[VisionTransformer, dict[str, Any]]:
+    """The model of a checkpoint written by ``train.py``, rebuilt from its stored config, in eval mode; with the
+    EMA of its weights if it has one, unless ``use_ema`` is False (``vit_exp.checkpoints.load_weights``).
 
     Returns:
         (model, the checkpoint's hyper-parameters: ``config``, ``class_names``, ``num_classes``, ...).
@@ -54,7 +55,7 @@ def load_run(path: str | Path) -> tuple[VisionTransformer, dict[str, Any]]:
 
     hparams = checkpoint_hparams(path)
     model = create_model(**{**hparams["config"]["model"], "pretrained": None})  # weights: the checkpoint's
-    load_weights(model, path)  # a .ckpt file or a sharded (FSDP) directory
+    load_weights(model, path, use_ema=use_ema)  # a .ckpt file or a sharded (FSDP) directory
     return model.eval(), hparams
 
 
@@ -132,9 +133,12 @@ class Predictor:
     std: tuple[float, ...]
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, class_names_file: str | Path | None = None) -> Predictor:
-        """From a checkpoint written by ``train.py``: its architecture, weights, preprocessing and class names."""
-        model, hparams = load_run(path)
+    def from_checkpoint(
+        cls, path: str | Path, class_names_file: str | Path | None = None, use_ema: bool = True
+    ) -> Predictor:
+        """From a checkpoint written by ``train.py``: its architecture, weights (their EMA if it has one, unless
+        ``use_ema`` is False), preprocessing and class names."""
+        model, hparams = load_run(path, use_ema)
         data_cfg, names = hparams["config"].get("data"), hparams.get("class_names")
         return cls.from_model(model, data_cfg, names, class_names_file, published=False)
 
@@ -195,9 +199,12 @@ def main(cfg: DictConfig) -> list[list[tuple[str, float]]]:
         )
     import torch
 
+    from vit_exp.checks import check_values
+
+    check_values(cfg)  # use_ema, and what predict.yaml shares with train.yaml
     files = list_images(OmegaConf.to_object(cfg.images) if OmegaConf.is_list(cfg.images) else cfg.images)
     if cfg.get("ckpt_path"):
-        predictor = Predictor.from_checkpoint(cfg.ckpt_path, cfg.get("class_names"))
+        predictor = Predictor.from_checkpoint(cfg.ckpt_path, cfg.get("class_names"), cfg.get("use_ema", True))
     else:
         from vit_exp.models import create_model
 

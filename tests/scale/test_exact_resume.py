@@ -35,14 +35,16 @@ def _tensors(obj: object, prefix: str = "") -> dict[str, torch.Tensor]:
     return {k: v for key, value in items for k, v in _tensors(value, f"{prefix}/{key}").items()}
 
 
-def test_killed_mid_epoch_then_resumed_matches_an_uninterrupted_run(tmp_path: Path) -> None:
-    reference = train_cli([*RUN, "hydra.run.dir=reference"], tmp_path)
+def train_killed_then_resumed(run: list[str], tmp_path: Path) -> tuple[Path, Path]:
+    """``train.py RUN`` uninterrupted in ``tmp_path/reference``, and in ``tmp_path/cut`` SIGKILLed mid-epoch once it
+    has written a checkpoint, then resumed by the same command; returns (cut, reference)."""
+    reference = train_cli([*run, "hydra.run.dir=reference"], tmp_path)
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     cut = tmp_path / "cut"
     last = cut / "checkpoints" / "last.ckpt"
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *RUN, f"hydra.run.dir={cut}"],
+        [sys.executable, str(ROOT / "train.py"), *run, f"hydra.run.dir={cut}"],
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -55,9 +57,15 @@ def test_killed_mid_epoch_then_resumed_matches_an_uninterrupted_run(tmp_path: Pa
     killed_at = torch.load(last, weights_only=False)["global_step"]
     assert 0 < killed_at < 3 * STEPS_PER_EPOCH and killed_at % STEPS_PER_EPOCH, killed_at  # mid-epoch
 
-    resumed = train_cli([*RUN, f"hydra.run.dir={cut}"], tmp_path)
+    resumed = train_cli([*run, f"hydra.run.dir={cut}"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restoring states from the checkpoint" in resumed.stdout + resumed.stderr
+    return cut, tmp_path / "reference"
+
+
+def test_killed_mid_epoch_then_resumed_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    cut, _ = train_killed_then_resumed(RUN, tmp_path)
+    last = cut / "checkpoints" / "last.ckpt"
 
     ours = torch.load(last, weights_only=False)
     theirs = torch.load(tmp_path / "reference" / "checkpoints" / "last.ckpt", weights_only=False)

@@ -27,7 +27,7 @@ from vit_exp.models.layers import Block
             {
                 "accelerator": "tpu",
                 "devices": 8,
-                "strategy": "xla",
+                "strategy": "auto",
                 "precision": "bf16-true",
                 "enable_progress_bar": False,
                 "plugins": None,

@@ -379,3 +379,92 @@ def test_sigterm_outside_slurm_saves_and_exits_cleanly(tiny_cfg, tmp_path: Path)
         run.train(cfg)
     assert _ckpt(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 3
     assert not (tmp_path / "scontrol_calls.txt").exists()
+
+
+# --- the NaN guard on the device -------------------------------------------------------------------------------------
+
+
+def _fit_tiny(callbacks: list, fused: bool, steps: int = 6, log_every: int = 1) -> tuple[dict, dict]:
+    """``steps`` steps of vit_test on fixed tensors; returns the weights and the optimizer state at the end."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader
+
+    from vit_exp.models import create_model
+    from vit_exp.module import ViTModule
+
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(8 * steps, 3, 16, 16), torch.randint(0, 10, (8 * steps,)))
+    module = ViTModule(
+        create_model("vit_test", num_classes=10, img_size=16), num_classes=10,
+        optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2, weight_decay=0.3, fused=fused),
+    )  # fmt: skip
+    trainer = pl.Trainer(
+        max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, gradient_clip_val=1.0, log_every_n_steps=log_every, callbacks=callbacks,
+    )  # fmt: skip
+    trainer.fit(module, DataLoader(data, batch_size=8))
+    opt = trainer.optimizers[0]
+    return module.state_dict(), {i: dict(opt.state[p]) for i, p in enumerate(module.parameters()) if p in opt.state}
+
+
+@pytest.mark.parametrize("skip", ["restored", "fused", "host"])
+@pytest.mark.filterwarnings("ignore:the training loss is nan", "ignore:.*does not have many workers")
+def test_a_skipped_step_leaves_weights_and_optimizer_state_as_if_never_taken(
+    skip: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NaN batches at steps 0 and 3 (the first step creates the optimizer state); reference: the same run where
+    those updates are not taken at all (gradients None). Equal bit for bit, moments and step counts included.
+    Each way of skipping: put back on the device (what an accelerator without a fused optimizer does), the fused
+    optimizer's own (CUDA's default), the host's flag (the CPU's default)."""
+    import lightning.pytorch as pl
+
+    from tests.scale.helpers import NaNBatch
+    from vit_exp.callbacks import NonFiniteLossGuard, nan_guard
+
+    fused = skip == "fused"
+    if skip == "restored":
+        monkeypatch.setattr(nan_guard, "HOST_READ_FREE", ())
+
+    class NoGradsAt(pl.Callback):
+        def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: object, optimizer: object) -> None:
+            if trainer.global_step in (0, 3):
+                optimizer.zero_grad(set_to_none=True)  # AdamW leaves such parameters and their state alone
+
+    guarded = _fit_tiny([NaNBatch([0, 3]), NonFiniteLossGuard(action="skip")], fused, log_every=5)
+    reference = _fit_tiny([NoGradsAt()], fused)
+    for key, value in reference[0].items():
+        assert torch.equal(guarded[0][key], value), key
+    assert guarded[1].keys() == reference[1].keys()
+    for i, state in reference[1].items():
+        for key, value in state.items():
+            assert torch.equal(guarded[1][i][key], value), (i, key)
+    assert reference[1][0]["step"].item() == 4  # 6 steps, 2 not taken
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers")
+def test_stop_is_raised_at_the_next_logging_step_naming_the_step_and_the_weights_stay_good() -> None:
+    from tests.scale.helpers import NaNBatch
+    from vit_exp.callbacks import NonFiniteLossGuard
+
+    guard = NonFiniteLossGuard()
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 2 \(epoch 0\).*no checkpoint yet") as info:
+        _fit_tiny([NaNBatch([2]), guard], fused=False, steps=8, log_every=4)
+    assert "updates in a row" not in str(info.value)
+
+
+@pytest.mark.filterwarnings("ignore:the training loss is nan", "ignore:.*does not have many workers")
+def test_skip_stops_after_max_consecutive_skips_read_at_a_logging_step() -> None:
+    from tests.scale.helpers import NaNBatch
+    from vit_exp.callbacks import NonFiniteLossGuard
+
+    guard = NonFiniteLossGuard(action="skip", max_consecutive_skips=2)
+    with pytest.raises(NonFiniteLossError, match=r"at step 3 .*2 updates in a row were skipped"):
+        _fit_tiny([NaNBatch([1, 2, 3]), guard], fused=False, steps=8, log_every=4)
+    assert guard.skipped == 2
+
+
+def test_preemption_check_every_n_steps_is_checked(tiny_cfg) -> None:
+    from vit_exp.checks import check_values
+
+    with pytest.raises(ConfigError, match=r"callbacks.preemption.check_every_n_steps=0 is not .*=10"):
+        check_values(tiny_cfg("callbacks.preemption.check_every_n_steps=0"))

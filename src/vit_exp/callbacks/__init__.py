@@ -6,6 +6,7 @@ Lightning's own ``ModelCheckpoint`` and ``LearningRateMonitor``).
 ``ExactResume``         what Lightning leaves out of a resume: random generators, the loader's position (``exact_resume``)
 ``Throughput``          training images per second (``throughput``)
 ``BestCheckpoint``      the best checkpoint, a tie going to the later one (``best_checkpoint``)
+``EMA``                 an exponential moving average of the weights, validated and checkpointed (``ema``)
 ``FewShotEval``         few-shot top-1 of the frozen features while training (``fewshot``)
 ``AttentionImages``     attention maps of validation images, to the loggers that take images (``attention``)
 ``RunPlots``            ``curves.png`` and ``confusion_matrix.png`` in the run directory (``plots``)
@@ -13,6 +14,7 @@ Lightning's own ``ModelCheckpoint`` and ``LearningRateMonitor``).
 
 from vit_exp.callbacks.attention import AttentionImages
 from vit_exp.callbacks.best_checkpoint import BestCheckpoint
+from vit_exp.callbacks.ema import EMA, ema_callback
 from vit_exp.callbacks.exact_resume import ExactResume
 from vit_exp.callbacks.fewshot import FewShotEval
 from vit_exp.callbacks.nan_guard import NonFiniteLossGuard
@@ -23,10 +25,12 @@ from vit_exp.callbacks.throughput import Throughput
 __all__ = [
     "AttentionImages",
     "BestCheckpoint",
+    "EMA",
     "ExactResume",
     "FewShotEval",
     "NonFiniteLossGuard",
     "Preemption",
     "RunPlots",
     "Throughput",
+    "ema_callback",
 ]

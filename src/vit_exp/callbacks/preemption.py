@@ -16,7 +16,6 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from vit_exp.callbacks.sync import host_read_due
 from vit_exp.errors import Preempted
 
 log = logging.getLogger(__name__)
@@ -40,11 +39,12 @@ def _requeue_slurm_job() -> None:
 class Preemption(pl.Callback):
     """Save ``last.ckpt`` and exit cleanly when the scheduler signals a preemption or the end of the time limit.
 
-    The signal handler only records the signal. At the next training-step boundary the ranks agree (any rank
-    signalled: all stop), every rank takes part in ``trainer.save_checkpoint`` (so sharded checkpoints are
-    complete), rank 0 requeues the SLURM job, and the process exits with ``exit_code``. With ``resume=auto`` the
-    requeued job continues from that checkpoint in the same run directory. Under Lightning's DDP launcher only
-    the main process may receive the signal: the agreement step covers that.
+    The signal handler only records the signal. At the next training-step boundary (one process) or the next
+    step that is a multiple of ``check_every_n_steps`` (several: the ranks agree by an all-reduce, any rank
+    signalled: all stop, so it is not paid every step), every rank takes part in ``trainer.save_checkpoint`` (so
+    sharded checkpoints are complete), rank 0 requeues the SLURM job, and the process exits with ``exit_code``.
+    With ``resume=auto`` the requeued job continues from that checkpoint in the same run directory. Under
+    Lightning's DDP launcher only the main process may receive the signal: the agreement step covers that.
 
     Args:
         dirpath: Where the checkpoint goes (``callbacks.last_checkpoint.dirpath``).
@@ -52,6 +52,9 @@ class Preemption(pl.Callback):
         signals: Signal names to handle, e.g. ``[SIGTERM, SIGUSR1]`` (SLURM: ``#SBATCH --signal=USR1@120``).
         requeue: ``scontrol requeue`` the job; None: when running under SLURM (``SLURM_JOB_ID`` is set).
         exit_code: Status of the process after the save.
+        check_every_n_steps: With several processes, how often the ranks compare notes (an all-reduce, which
+            makes the host wait for the device); None: every ``trainer.log_every_n_steps`` steps. Leave enough
+            steps' time before the scheduler's kill (SLURM: ``--signal=USR1@120``).
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class Preemption(pl.Callback):
         signals: Sequence[str] = ("SIGTERM", "SIGUSR1"),
         requeue: bool | None = None,
         exit_code: int = 0,
+        check_every_n_steps: int | None = None,
     ) -> None:
         unknown = [s for s in signals if not hasattr(signal, s)]
         if unknown:
@@ -69,6 +73,7 @@ class Preemption(pl.Callback):
         self.signals = [getattr(signal, s) for s in signals]
         self.requeue = requeue
         self.exit_code = exit_code
+        self.check_every_n_steps = check_every_n_steps
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
 
@@ -93,9 +98,13 @@ class Preemption(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not host_read_due(trainer):
-            return
-        if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+        if trainer.world_size > 1:
+            every = self.check_every_n_steps or max(1, trainer.log_every_n_steps)
+            if trainer.global_step % every:  # global_step: the same on every rank
+                return
+            if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+                return
+        elif self.received is None:  # one process: a Python flag, nothing asked of the device
             return
         name = signal.Signals(self.received).name if self.received else "a signal to another rank"
         trainer.save_checkpoint(self.path)

@@ -2,7 +2,8 @@
 
 - Reading: the run config and hyper-parameters stored in our Lightning checkpoints (``checkpoint_hparams``,
   ``checkpoint_config``), and the weights (``load_weights``), from a ``.ckpt`` file or from the directory of a
-  sharded FSDP checkpoint (``meta.pt`` beside the shards; ``vit_exp.checkpoints.sharded``).
+  sharded FSDP checkpoint (``meta.pt`` beside the shards; ``vit_exp.checkpoints.sharded``). A run with an EMA of
+  its weights (``callbacks.ema``) stores both: the EMA is read unless ``use_ema=False``.
 - ``resume=auto`` (``resume_path``): continue from the run directory's ``checkpoints/last.ckpt`` if there is one.
 - Writing, whole or not at all (``vit_exp.checkpoints.atomic``): ``AtomicCheckpointIO`` for files,
   ``AtomicFSDPStrategy`` for sharded directories, which are written beside the old one and swapped in by two
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 SHARDED_META = "meta.pt"  # in a sharded (FSDP) checkpoint directory, what Lightning saves besides the weights
 RESUME_MODES = (None, "auto")
+EMA_TRAINED_KEY = "current_model_state"  # where Lightning's WeightAveraging saves the trained weights beside the EMA
 
 
 def swap_names(path: Path) -> tuple[Path, Path]:
@@ -62,9 +64,22 @@ def resume_path(cfg: DictConfig) -> str | None:
     left the previous checkpoint at ``.last.ckpt.old``: it is put back first (``recover_interrupted_swap``).
 
     Raises:
-        ConfigError: an unknown ``resume`` value, both ``resume=auto`` and ``ckpt_path``, or ``resume=auto``
-            without a last-checkpoint callback.
+        ConfigError: an unknown ``resume`` value, both ``resume=auto`` and ``ckpt_path``, ``resume=auto``
+            without a last-checkpoint callback, or a checkpoint with an EMA (``callbacks.ema``) resumed without one.
     """
+    from omegaconf import OmegaConf
+
+    path = _resume_path(cfg)
+    if path and OmegaConf.select(cfg, "callbacks.ema.decay") is None and _holds_ema(path):
+        raise ConfigError(
+            f"{path} holds an EMA of the weights (callbacks.ema) beside them, and this run has no EMA, so it would "
+            f"go on from the EMA; resume with callbacks.ema.decay={_stored_decay(path)}, or start a new run from the "
+            f"EMA with model.pretrained={path}"
+        )
+    return path
+
+
+def _resume_path(cfg: DictConfig) -> str | None:
     resume, ckpt_path = cfg.get("resume"), cfg.get("ckpt_path")
     if resume not in RESUME_MODES:
         raise ConfigError(
@@ -147,9 +162,13 @@ def checkpoint_config(path: str | Path) -> dict[str, Any]:
     return checkpoint_hparams(path)["config"]
 
 
-def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> None:
+def load_weights(model: nn.Module, path: str | Path, strict: bool = True, use_ema: bool = True) -> None:
     """Load the weights of a checkpoint into ``model``: a run's ``.ckpt`` file or sharded (FSDP) directory, or
     any file that ``vit_exp.models.load_checkpoint`` reads (published weights), adapting resolution and head.
+
+    A run trained with an EMA of its weights (``callbacks.ema``) saved the EMA as ``state_dict`` and the trained
+    weights as ``current_model_state`` (Lightning's ``WeightAveraging`` format): ``use_ema=False`` reads the latter.
+    Other files have one set of weights, which either value reads.
 
     Raises:
         FileNotFoundError: nothing at ``path``.
@@ -158,7 +177,38 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> Non
     from vit_exp.models.checkpoint import load_checkpoint, load_state_dict, unwrap_state_dict
 
     if not Path(path).is_dir():
-        return load_checkpoint(model, path, strict=strict)
+        trained = None if use_ema else trained_weights(path)
+        if trained is None:
+            return load_checkpoint(model, path, strict=strict)
+        log.info("%s: the trained weights, not their EMA (use_ema=false)", path)
+        return load_state_dict(model, unwrap_state_dict(trained), path, strict=strict)
     from vit_exp.checkpoints.sharded import load_distributed_checkpoint
 
     load_state_dict(model, unwrap_state_dict(load_distributed_checkpoint(path)), path, strict=strict)
+
+
+def _stored_decay(path: str | Path) -> Any:
+    """The EMA decay in the run config a checkpoint stores (``...`` when it stores none)."""
+    try:
+        return ((checkpoint_config(path).get("callbacks") or {}).get("ema") or {}).get("decay") or "..."
+    except ConfigError:
+        return "..."
+
+
+def _holds_ema(path: str | Path) -> bool:
+    """Whether a checkpoint to resume from holds an EMA beside its weights; an unreadable file (a save cut short)
+    says no here, and Lightning's loader reports it where it reads the file."""
+    try:
+        return trained_weights(path) is not None
+    except Exception:  # noqa: BLE001 (any reason the file cannot be read: truncated, empty, not a zip)
+        return False
+
+
+def trained_weights(path: str | Path) -> dict[str, Any] | None:
+    """The trained weights (``current_model_state``) of a ``.ckpt`` whose ``state_dict`` is their EMA; else None."""
+    if not (Path(path).suffix == ".ckpt" and Path(path).is_file()):  # a sharded directory has no EMA (no FSDP)
+        return None
+    import torch
+
+    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return saved.get(EMA_TRAINED_KEY) if isinstance(saved, dict) else None

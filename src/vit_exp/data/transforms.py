@@ -138,6 +138,26 @@ def parse_randaugment(spec: str | tuple[int, int]) -> tuple[int, int]:
     return values["n"], values["m"]
 
 
+class EvalTransform:
+    """Resize the shorter side to ``floor(img_size / crop_pct)``, center-crop ``img_size``; returns uint8 (3, S, S).
+
+    A class (not a closure) so that it pickles: loader workers and torch_xla's multiprocess launch send it to
+    other processes.
+    """
+
+    def __init__(self, img_size: int, crop_pct: float, interpolation: str, draft: bool = False) -> None:
+        if not 0 < crop_pct <= 1:
+            raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}; e.g. 0.875 for 224 or 1.0 for 384")
+        self.scale_size = math.floor(img_size / crop_pct)
+        self.resize = T.Resize(self.scale_size, interpolation=INTERPOLATIONS[_check_interpolation(interpolation)])
+        self.crop = T.CenterCrop(img_size)
+        self.draft = draft
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        img = load_image(img, self.scale_size if self.draft else None)
+        return to_uint8_tensor(self.crop(self.resize(img)))
+
+
 def build_eval_transform(img_size: int, crop_pct: float, interpolation: str, draft: bool = False) -> Transform:
     """Resize the shorter side to floor(img_size / crop_pct), center-crop img_size, return uint8.
 
@@ -150,19 +170,9 @@ def build_eval_transform(img_size: int, crop_pct: float, interpolation: str, dra
         draft: Decode large JPEGs at reduced scale (faster, but no longer pixel-equal to timm).
 
     Returns:
-        A callable PIL image -> uint8 tensor (3, img_size, img_size).
+        A callable PIL image -> uint8 tensor (3, img_size, img_size) (an ``EvalTransform``).
     """
-    if not 0 < crop_pct <= 1:
-        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}; e.g. 0.875 for 224 or 1.0 for 384")
-    scale_size = math.floor(img_size / crop_pct)
-    resize = T.Resize(scale_size, interpolation=INTERPOLATIONS[_check_interpolation(interpolation)])
-    crop = T.CenterCrop(img_size)
-
-    def transform(img: Image.Image) -> torch.Tensor:
-        img = load_image(img, scale_size if draft else None)
-        return to_uint8_tensor(crop(resize(img)))
-
-    return transform
+    return EvalTransform(img_size, crop_pct, interpolation, draft)
 
 
 class TrainTransform:

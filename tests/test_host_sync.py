@@ -1,0 +1,26 @@
+"""No training step asks the device for a value unless Lightning logs at that step (issue 13, STYLE habit 12)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.sync_counter import HostReads
+from vit_exp import run
+
+MARKER = "+callbacks.step_reads._target_=tests.sync_counter.StepMarker"
+
+
+@pytest.mark.filterwarnings("ignore:The number of training batches")
+def test_no_host_read_outside_logging_steps(tiny_cfg) -> None:
+    """20 steps of vit_test through Lightning with the default callbacks (NaN guard, preemption, exact resume,
+    throughput, learning-rate monitor, checkpoints), logging every 10 steps, with the fused AdamW of a GPU run
+    (on the CPU the default is not fused, and the NaN guard reads its flag: free on a CPU, see nan_guard)."""
+    cfg = tiny_cfg(
+        MARKER, "+optim.fused=true", "trainer.max_epochs=2", "++trainer.limit_train_batches=10",
+        "trainer.log_every_n_steps=10",
+    )  # fmt: skip
+    with HostReads() as reads:
+        run.train(cfg)
+    assert reads.logging_steps == {9, 19}
+    assert reads.steps == set(range(20))
+    assert reads.outside_logging_steps() == {}
