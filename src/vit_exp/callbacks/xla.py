@@ -50,9 +50,9 @@ def xla_counts() -> dict[str, int]:
 
 
 class XLAMetricsLog(pl.Callback):
-    """Append torch_xla's counts (``xla_counts``) after every training step to a JSON-lines file: a flat
-    ``CompileTime`` after the first steps means no recompilation; ``TransferFromDeviceTime`` moves only at the steps
-    that log. For finding what recompiles or syncs (the tests of ``tests/xla`` read it); off by default, e.g.
+    """Append torch_xla's counts (``xla_counts``) after every training step (read as the next one begins) to a
+    JSON-lines file: a flat ``CompileTime`` after the first steps means no recompilation; ``TransferFromDeviceTime``
+    moves only at the steps that log. For finding what recompiles or syncs (the tests of ``tests/xla`` read it); off by default, e.g.
     ``+callbacks.xla_metrics._target_=vit_exp.callbacks.xla.XLAMetricsLog +callbacks.xla_metrics.path=xla.jsonl``.
 
     Args:
@@ -71,8 +71,14 @@ class XLAMetricsLog(pl.Callback):
             with self.path.open("a") as f:
                 f.write(json.dumps({**line, **xla_counts()}) + "\n")
 
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+    # A training step's counts are read when the next one starts (or the validation after it), not in
+    # on_train_batch_end: Lightning writes the logs after the batch-end hooks, and those reads belong to the step.
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
         self._write(trainer, "train")
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit":  # not the validation of eval.py or a sanity check outside fit
+            self._write(trainer, "train")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._write(trainer, "val")
