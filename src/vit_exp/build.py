@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 @contextmanager
 def our_errors() -> Iterator[None]:
     """Re-raise a ``ConfigError`` that Hydra's ``instantiate`` wrapped (its ``InstantiationException``) as itself."""

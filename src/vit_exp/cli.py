@@ -2,8 +2,9 @@
 ``python predict.py`` (or ``vit-predict``).
 
 Before Hydra runs, the overrides are checked against the config (``vit_exp.overrides``: a misspelt group or key
-gets the closest real one). Only Hydra and OmegaConf are imported at start-up, so that ``--help`` and
-``--cfg job`` answer at once; torch and Lightning come in when a run starts. A run that stops with a user error
+gets the closest real one). Only Hydra and OmegaConf are imported at start-up, so that ``--help`` answers at
+once; ``--cfg job`` adds torch (the model's name comes from its ``ModelSpec``), and Lightning comes in when a run
+starts. A run that stops with a user error
 before it wrote anything of its own leaves no run directory behind.
 """
 
@@ -17,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")  # the configs ship inside the package
 
 
 def model_name(model: DictConfig) -> str:
-    """``${vit_name:${model}}``: the name of the model a config builds (``vit_base_patch32_384``), as the run
+    """The name of the model a config builds (``vit_base_patch32_384``), for ``--cfg``'s first line, as the run
     resolves it (``vit_exp.checks.resolve_model``; an overridden architecture gets a name that says so)."""
     from vit_exp.checks import resolve_model
     from vit_exp.errors import ConfigError
@@ -33,8 +34,6 @@ def model_name(model: DictConfig) -> str:
     except ConfigError as e:
         return f"none ({e})"  # the run stops with the same message
 
-
-OmegaConf.register_new_resolver("vit_name", model_name, replace=True)
 
 
 def _run(task: str, cfg: DictConfig, module: str = "run") -> Any:
