@@ -74,3 +74,26 @@ def test_report_gives_speeds_relative_to_timm_eager() -> None:
     assert rows["vit_exp"].endswith("1.150x               1.000x")
     assert rows["vit_exp compiled"].endswith("1.500x               2.000x")
     assert "train vs timm eager" not in report(results[:1])  # no reference, no ratio
+
+
+def test_loop_bench_times_our_trainer_and_the_bare_loop(capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m vit_exp.bench --loop``: both sides train (one short round each here) and the ratio is printed."""
+    from vit_exp.bench_loop import LoopResult
+
+    result = main(["--loop", "model=vit_test", "++trainer.limit_train_batches=4", "--epochs", "1", "--rounds", "1",
+                   "--e2e-rounds", "0"])  # fmt: skip
+    assert isinstance(result, LoopResult) and result.ours_ms > 0 and result.bare_ms > 0
+    assert result.e2e_ratio is None  # no end-to-end round asked for
+    out = capsys.readouterr().out
+    assert "vit_test on digits, batch 64" in out and f"{result.step_ratio:.3f}x" in out
+
+
+def test_bare_job_does_the_whole_job(tmp_path) -> None:
+    """The bare side of the end-to-end figure trains, validates, keeps a checkpoint and tests, as train.py does."""
+    from vit_exp.bench_loop import BareJob, compose
+
+    cfg = compose(["model=vit_test", "trainer.max_epochs=2", "sched.warmup_steps=1"], str(tmp_path))
+    job = BareJob(cfg)
+    top1 = job.run(str(tmp_path), "test")
+    assert 0.0 <= top1 <= 1.0 and (tmp_path / "last.pt").is_file()
+    assert job.scheduler.last_epoch == 2 * (1258 // 64)  # every step of both epochs, as Lightning steps it

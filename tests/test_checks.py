@@ -42,6 +42,8 @@ from vit_exp.errors import ConfigError
         (["compile=maybe"], "compile=maybe is not true or false"),
         (["lr_scaling.rule=linear"], "lr_scaling.rule=linear needs lr_scaling.base_batch"),
         (["mixup={mixup_alpha: -1}"], "one of them must be > 0 (and neither < 0)"),
+        (["data=jft", "data.source.urls.train=x.tar", "data.source.urls.val=x.tar", "data.source.samples_per_epoch.train=8",
+          "data.repeated_aug=3"], "data.repeated_aug=3 repeats the images of a map-style data set"),
     ],
 )
 def test_values_users_type_are_checked_with_the_key_the_value_and_the_fix(overrides: list[str], message: str) -> None:

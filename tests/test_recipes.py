@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from tests.conftest import compose
+from tests.conftest import TINY, compose
 from vit_exp.data.datamodule import ViTDataModule
 from vit_exp.data.digits import DigitsSource
 from vit_exp.data.mixup import MixupCutmix
@@ -129,3 +129,38 @@ def test_recipe_machinery_in_a_run(tiny_cfg, caplog):
     with caplog.at_level(logging.INFO, logger="vit_exp.run"):
         train(cfg)
     assert "global batch 32 = 32 per device x 1 accumulation x 1 device x 1 node; lr 0.0005 (linear scaling of 0.001 at batch 64)" in caplog.text
+
+
+# The preset's model (not conftest.TINY's vit_test) at vit_test's widths, on digits, for a few batches.
+TINY_WIDTHS = [*(o for o in TINY if not o.startswith("model=")), "data=digits", "res=16", "patch=4", "++model.depth=1", "++model.embed_dim=32", "++model.num_heads=2",
+               "data.batch_size=32", "data.num_workers=0", "sched.warmup_steps=2", "debug=limit"]  # fmt: skip
+
+
+def test_augreg_finetune_preset_runs_tiny(tmp_path):
+    """experiment=augreg_b16_i21k_to_i1k_384 shrunk: its weights' head (21k classes there, 7 here) is re-made."""
+    from vit_exp.models import create_model
+    from vit_exp.run import train
+
+    pretrained = tmp_path / "i21k.pth"
+    torch.save(create_model("vit_base", patch_size=4, img_size=16, depth=1, embed_dim=32, num_heads=2,
+                            num_classes=7).state_dict(), pretrained)  # fmt: skip
+    cfg = compose("train", ["experiment=augreg_b16_i21k_to_i1k_384", *TINY_WIDTHS, f"model.pretrained={pretrained}"],
+                  tmp_path / "run")
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.trainer.max_steps) == (0.01, 0.0, 20000)
+    with pytest.warns(UserWarning, match="head .* does not fit"):
+        results = train(cfg)
+    assert results.model == "vit_base_patch4_16-d1w32h2" and results.steps == 3
+
+
+def test_deit_distilled_preset_runs_tiny(tmp_path):
+    """experiment=deit_b_distilled shrunk, with a vit_test teacher in place of RegNetY-16GF."""
+    from vit_exp.models import create_model
+    from vit_exp.run import train
+
+    teacher = tmp_path / "teacher.pth"
+    torch.save(create_model("vit_test", img_size=16, num_classes=10).state_dict(), teacher)
+    cfg = compose("train", ["experiment=deit_b_distilled", *TINY_WIDTHS, "distill.teacher.name=vit_test",
+                            f"distill.teacher.checkpoint={teacher}"], tmp_path / "run")  # fmt: skip
+    assert (cfg.distill.kind, cfg.distill.alpha, cfg.model.drop_path_rate) == ("hard", 0.5, 0.1)
+    results = train(cfg)
+    assert results.model == "deit_base_distilled_patch4_16-d1w32h2" and results.steps == 3

@@ -1,6 +1,7 @@
 """Throughput benchmark: ours and timm's same architecture, side by side in one run.
 
     python -m vit_exp.bench --model vit_base_patch16_224 --batch-size 128 --precision bf16 --compile
+    python -m vit_exp.bench --loop     # our Lightning step against a bare PyTorch loop (vit_exp.bench_loop)
 
 Prints, for each implementation: training images/s (forward + backward + AdamW step), inference images/s,
 peak device memory, and model-FLOPs utilisation (MFU: model FLOPs per second over the device's peak), and each
@@ -13,11 +14,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,9 +44,9 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def timm_counterpart(spec: ModelSpec) -> nn.Module:
     """timm's ``VisionTransformer`` with the architecture of ``spec`` (random weights; our state dicts load into it).
 
-    The hybrid is timm's R50+ViT-B/16 at the spec's size. An attention scale other than head_dim ** -0.5 (the
-    legacy ViT-S/16's 768 ** -0.5) is set on every attention module, which puts timm on its explicit attention
-    path: timm's fused path takes no scale.
+    The hybrid is timm's R50+ViT-B/16 at the spec's size, a distilled DeiT timm's ``VisionTransformerDistilled``.
+    An attention scale other than head_dim ** -0.5 (the legacy ViT-S/16's 768 ** -0.5) is set on every attention
+    module, which puts timm on its explicit attention path: timm's fused path takes no scale.
 
     Raises:
         ValueError: an architecture timm does not build (a pre-logits layer).
@@ -58,6 +64,10 @@ def timm_counterpart(spec: ModelSpec) -> nn.Module:
     args.update(norm_layer=partial(nn.LayerNorm, eps=kw["norm_eps"]), fc_norm=False)  # ours: norm, then pool
     if kw["hybrid_layers"]:
         model = timm.create_model(TIMM_HYBRID, pretrained=False, **args)
+    elif kw.get("distilled"):  # DeiT's distillation token and second head
+        from timm.models.deit import VisionTransformerDistilled
+
+        model = VisionTransformerDistilled(patch_size=kw["patch_size"], **args)
     else:
         model = VisionTransformer(patch_size=kw["patch_size"], **args)
     if kw["attn_scale"] is not None:
@@ -191,7 +201,8 @@ def measure(benches: list[Bench], args: argparse.Namespace, device: torch.device
     return results
 
 
-def main(argv: list[str] | None = None) -> list[Result]:
+def main(argv: list[str] | None = None) -> Any:
+    """The results of each implementation (with ``--loop``: ``bench_loop.main``'s ``LoopResult``)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="vit_base_patch16_224")
     p.add_argument("--batch-size", type=int, default=None, help="default: 128 on GPU, 8 on CPU")
@@ -204,6 +215,16 @@ def main(argv: list[str] | None = None) -> list[Result]:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU, if not in the table")
     p.add_argument("--no-timm", action="store_true", help="skip the timm reference")
+    p.add_argument("--json", metavar="PATH", help="also write the settings and results to PATH")
+    p.add_argument("--loop", action="store_true", help="time the training loop against a bare PyTorch loop instead "
+                   "(vit_exp.bench_loop; the other arguments go to it)")  # fmt: skip
+    if "--loop" in (argv if argv is not None else sys.argv[1:]):
+        from vit_exp import bench_loop
+
+        rest = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--loop"]
+        if argv is None:  # a fresh process: the run's OpenMP wait policy is set before torch loads (vit_exp.hw)
+            os.execv(sys.executable, [sys.executable, "-m", "vit_exp.bench_loop", *rest])
+        return bench_loop.main(rest)
     args = p.parse_args(argv)
     device = torch.device(args.device)
     args.batch_size = args.batch_size or (128 if device.type == "cuda" else 8)
@@ -245,6 +266,11 @@ def main(argv: list[str] | None = None) -> list[Result]:
         benches += [prepare(f"{name} compiled", build, args, device, compile=True) for name, build in impls]
     results = measure(benches, args, device, flops, peak)
     print(report(results))
+    if args.json:
+        settings = {"arch": spec.arch, "img_size": args.img_size, "batch_size": args.batch_size,
+                    "precision": args.precision, "device": dev_name, "torch": torch.__version__,
+                    "gflops_per_image": flops / 1e9, "peak_tflops": peak}  # fmt: skip
+        Path(args.json).write_text(json.dumps({**settings, "results": [asdict(r) for r in results]}, indent=1))
     return results
 
 

@@ -65,14 +65,15 @@ def build_model(spec: ModelSpec, model_cfg: DictConfig) -> Any:
     from vit_exp.models import create_model
 
     pretrained, memory = model_cfg.get("pretrained"), bool(model_cfg.get("grad_checkpointing"))
+    flexi = OmegaConf.to_container(model_cfg.flexi, resolve=True) if model_cfg.get("flexi") else None  # FlexiViT
     if pretrained and Path(pretrained).is_dir():  # a sharded (FSDP) checkpoint of ours: not a published format
         from vit_exp.checkpoints import load_weights
         from vit_exp.models.spec import with_weights_file
 
-        backbone = create_model(with_weights_file(spec, pretrained), grad_checkpointing=memory)
+        backbone = create_model(with_weights_file(spec, pretrained), grad_checkpointing=memory, flexi=flexi)
         load_weights(backbone, pretrained)
         return backbone
-    return create_model(spec, pretrained=pretrained, grad_checkpointing=memory)
+    return create_model(spec, pretrained=pretrained, grad_checkpointing=memory, flexi=flexi)
 
 
 def build_module(cfg: DictConfig, backbone: Any, datamodule: ViTDataModule, lr: float) -> ViTModule:
@@ -82,6 +83,7 @@ def build_module(cfg: DictConfig, backbone: Any, datamodule: ViTDataModule, lr: 
 
     node = OmegaConf.to_container(cfg.module, resolve=True)
     node["optimizer"]["lr"] = lr  # the batch plan's: the recipe's optim.lr scaled to this run's global batch
+    node["layer_decay"] = node["optimizer"].pop("layer_decay", None)  # ours, not the torch optimizer's
     with our_errors():
         factory = instantiate(node)
     return factory(
@@ -90,7 +92,25 @@ def build_module(cfg: DictConfig, backbone: Any, datamodule: ViTDataModule, lr: 
         multi_label=datamodule.multi_label,
         config=OmegaConf.to_container(cfg, resolve=True),
         class_names=datamodule.source.class_names,
+        distillation=build_distillation(cfg.get("distill"), datamodule, int(cfg.model.img_size)),
     )
+
+
+def build_distillation(distill_cfg: DictConfig | None, datamodule: ViTDataModule, img_size: int) -> Any:
+    """The ``distill`` group (``distill=hard``: DeiT's teacher and loss) as a ``vit_exp.distill.Distillation``,
+    its teacher loaded once for the data's classes and input; None without the group."""
+    if not distill_cfg:
+        return None
+    from vit_exp.distill import Distillation, load_teacher
+
+    teacher = distill_cfg.teacher
+    return Distillation(
+        load_teacher(teacher.checkpoint, datamodule.num_classes, img_size, datamodule.mean, datamodule.std,
+                     name=teacher.get("name")),
+        kind=distill_cfg.kind,
+        alpha=float(distill_cfg.alpha),
+        tau=float(distill_cfg.tau),
+    )  # fmt: skip
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[Any], with_config_callbacks: bool = True) -> pl.Trainer:
@@ -137,7 +157,11 @@ def restore_training_run(cfg: DictConfig, stored: Mapping[str, Any], typed: set[
             f"{cfg.data.num_classes}; evaluate it on the data it was trained on (data=...)"
         )
     with open_dict(cfg):
+        # model.flexi.eval_patch_size=N on the command line: evaluate at another patch size than the run's (FlexiViT)
+        flexi = {k: v for k, v in (cfg.model.get("flexi") or {}).items() if f"model.flexi.{k}" in typed}
         cfg.model = {**model, "pretrained": None}  # the architecture it was trained as; its weights are loaded later
+        if flexi:
+            cfg.model.flexi = {**(model.get("flexi") or {}), **flexi}
         trained_data = stored.get("data") or {}
         for key in PREPROCESSING:
             if key in trained_data and f"data.{key}" not in typed:  # null: the model's, as in training
@@ -182,10 +206,13 @@ def prepare(cfg: DictConfig) -> tuple[ModelSpec, ViTDataModule, Any]:
         (the model's ``ModelSpec``, the data module, the backbone).
     """
     from vit_exp.checks import check_hardware, resolve_model, validate
+    from vit_exp.hw import apply_matmul_precision, apply_threads
 
     spec = validate(cfg)
     log.info("config is valid: %s", describe(cfg, spec.arch))
     check_hardware(cfg.trainer)
+    apply_threads(cfg.get("hw"))
+    apply_matmul_precision(cfg.get("hw"), str(cfg.trainer.accelerator))
     tidy_console()
     import lightning.pytorch as pl
 

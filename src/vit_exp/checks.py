@@ -7,27 +7,18 @@ the command line prints it as one ``error: ...`` line. Only ``check_hardware`` i
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from vit_exp.errors import ConfigError, HardwareError
+from vit_exp.rules import UNSET, check_values, is_sharded, whole
 
 if TYPE_CHECKING:
     from vit_exp.models import ModelSpec
-
-# Lightning 2.6's accepted trainer.precision values (lightning.fabric.connector._PRECISION_INPUT).
-PRECISIONS = (
-    "transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true", "bf16-mixed",
-    "32-true", "64-true", "64", "32", "16", "bf16",
-)  # fmt: skip
-_UNSET = object()
 
 
 def validate(cfg: DictConfig) -> ModelSpec:
@@ -44,6 +35,7 @@ def validate(cfg: DictConfig) -> ModelSpec:
     check_values(cfg)
     check_paths(cfg)
     spec = resolve_model(cfg.model)
+    _check_flexi(cfg, spec)
     m = cfg.model
     if cfg.data.img_size != m.img_size:
         raise ConfigError(
@@ -58,7 +50,7 @@ def validate(cfg: DictConfig) -> ModelSpec:
     return spec
 
 
-def resolve_model(model_cfg: DictConfig, num_classes: Any = _UNSET) -> ModelSpec:
+def resolve_model(model_cfg: DictConfig, num_classes: Any = UNSET) -> ModelSpec:
     """The model's identity (``vit_exp.models.ModelSpec``: name, arguments, preprocessing, published weights),
     resolved from its config; validation, building and reporting share it.
 
@@ -72,15 +64,33 @@ def resolve_model(model_cfg: DictConfig, num_classes: Any = _UNSET) -> ModelSpec
     from vit_exp.models import resolve_spec
 
     args = OmegaConf.to_container(model_cfg, resolve=True)
-    for key in ("pretrained", "grad_checkpointing"):  # how to build it, not what it is
+    for key in ("pretrained", "grad_checkpointing", "flexi"):  # how to build it, not what it is
         args.pop(key, None)
-    if num_classes is not _UNSET:
+    if num_classes is not UNSET:
         args["num_classes"] = num_classes
     try:
         return resolve_spec(**args)
     except (TypeError, ValueError) as e:
         m = model_cfg
         raise ConfigError(f"model {m.name} with patch={m.patch_size} res={m.img_size}: {e}") from None
+
+
+def _check_flexi(cfg: DictConfig, spec: ModelSpec) -> None:
+    """FlexiViT (``model.flexi``): every patch size it runs at divides the resolution, on a plain ViT, with the
+    callback that draws the training sizes."""
+    from vit_exp.models.flexi import divisors
+
+    flexi = cfg.model.get("flexi") or {}
+    sizes, res = list(flexi.get("patch_sizes") or []), spec.img_size
+    for key, p in [("patch_sizes", p) for p in sizes] + [("eval_patch_size", flexi.get("eval_patch_size"))]:
+        if p is not None and res % p:
+            raise ConfigError(f"model.flexi.{key}: patch {p} does not divide res={res}; use sizes from "
+                              f"{divisors(res)}, or a res that every size divides")  # fmt: skip
+    if (sizes or flexi.get("eval_patch_size")) and spec.kwargs.get("hybrid_layers"):
+        raise ConfigError(f"model.flexi needs a plain ViT: {cfg.model.name}'s ResNet stem has no patch kernel to resize")
+    if sizes and "flexi" not in (cfg.get("callbacks") or {}):
+        raise ConfigError("model.flexi.patch_sizes is drawn per step by callbacks.flexi, which this callbacks group "
+                          "lacks; use callbacks=default (or set model.flexi.patch_sizes=null)")  # fmt: skip
 
 
 def _missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
@@ -94,146 +104,14 @@ def _missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     return keys
 
 
-# ---- values users type -------------------------------------------------------------------------------------------
-
-
-def _whole(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _devices(v: Any) -> bool:
-    if _whole(v):
-        return v >= 1 or v == -1
-    if isinstance(v, str):
-        return v == "auto" or v.strip() == "-1" or all(p.strip().isdigit() for p in v.split(",") if p.strip())
-    return isinstance(v, (list, tuple, ListConfig)) and len(v) > 0 and all(_whole(d) and d >= 0 for d in v)
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A key's accepted values: ``ok(value)``, described as ``want``, with an ``example`` of a good one."""
-
-    key: str
-    ok: Callable[[Any], bool]
-    want: str
-    example: str
-
-
-def _rules() -> tuple[Rule, ...]:
-    from vit_exp.optim import DECAYS
-    from vit_exp.scaling import RULES
-
-    count = "a whole number >= 1"
-    return (
-        Rule("seed", lambda v: v is None or _whole(v), "a whole number", "0"),
-        Rule("trainer.max_epochs", lambda v: v is None or _whole(v) and (v >= 1 or v == -1),
-             f"{count} (or -1: no limit, max_steps decides)", "10"),
-        Rule("trainer.max_steps", lambda v: _whole(v) and (v >= 1 or v == -1),
-             f"{count}, or -1 (max_epochs decides)", "1000"),
-        Rule("trainer.devices", _devices, "a device count >= 1, -1 (every device), auto, or a list of ids", "1"),
-        Rule("trainer.num_nodes", lambda v: _whole(v) and v >= 1, count, "1"),
-        Rule("trainer.precision", lambda v: str(v) in PRECISIONS, f"one of {', '.join(PRECISIONS[2:8])}", "32-true"),
-        Rule("trainer.log_every_n_steps", lambda v: _whole(v) and v >= 1, count, "10"),
-        Rule("trainer.gradient_clip_val", lambda v: v is None or _number(v) and v >= 0,
-             "a number >= 0 (0 or null: no clipping)", "1.0"),
-        Rule("trainer.accumulate_grad_batches", lambda v: _whole(v) and v >= 1, count, "1"),
-        Rule("trainer.check_val_every_n_epoch", lambda v: v is None or _whole(v) and v >= 1, count, "1"),
-        Rule("data.batch_size", lambda v: _whole(v) and v >= 1, count, "64"),
-        Rule("data.eval_batch_size", lambda v: v is None or _whole(v) and v >= 1, f"{count} (or null)", "256"),
-        Rule("data.num_workers", lambda v: _whole(v) and v >= 0, "a whole number >= 0", "4"),
-        Rule("data.repeated_aug", lambda v: _whole(v) and v >= 1, f"{count} (1: off)", "3"),
-        Rule("optim.lr", lambda v: _number(v) and v > 0, "a number > 0", "1e-3"),
-        Rule("optim.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0", "0.05"),
-        Rule("optim.momentum", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)", "0.9"),
-        Rule("sched.warmup_steps", lambda v: _whole(v) and v >= 0, "a whole number >= 0", "100"),
-        Rule("sched.min_lr_ratio", lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]", "0.0"),
-        Rule("sched.decay", lambda v: v in DECAYS, f"one of {', '.join(DECAYS)}", "cosine"),
-        Rule("loss.label_smoothing", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)", "0.1"),
-        Rule("lr_scaling.rule", lambda v: v in RULES, f"one of {', '.join(RULES)}", "linear"),
-        Rule("lr_scaling.base_batch", lambda v: v is None or _whole(v) and v >= 1, f"{count} (or null)", "512"),
-        Rule("compile", lambda v: isinstance(v, bool), "true or false", "true"),
-        Rule("callbacks.ema.decay", lambda v: v is None or _number(v) and 0 < v < 1,
-             "a number in (0, 1) (or null: no EMA)", "0.9998"),
-        Rule("callbacks.ema.warmup", lambda v: isinstance(v, bool), "true or false", "true"),
-        Rule("callbacks.ema.warmup_gamma", lambda v: _number(v) and v > 0, "a number > 0", "1.0"),
-        Rule("callbacks.ema.warmup_power", lambda v: _number(v) and v > 0, "a number > 0", "0.75"),
-        Rule("use_ema", lambda v: isinstance(v, bool), "true or false", "false"),
-        Rule("callbacks.preemption.check_every_n_steps", lambda v: v is None or _whole(v) and v >= 1,
-             f"{count} (or null: trainer.log_every_n_steps)", "10"),
-        Rule("callbacks.nan_guard.action", lambda v: v in ("stop", "skip"), "stop or skip", "skip"),
-        Rule("callbacks.nan_guard.max_consecutive_skips", lambda v: _whole(v) and v >= 0, "a whole number >= 0",
-             "10"),
-    )  # fmt: skip
-
-
-def _shown(value: Any) -> str:
-    """A value as it would be typed on the command line."""
-    if isinstance(value, str):
-        return value
-    if OmegaConf.is_config(value):
-        value = OmegaConf.to_container(value)
-    return json.dumps(value, separators=(",", ":"))  # null, true, 2.5, [1,2], {"a":1}
-
-
-def check_values(cfg: DictConfig) -> None:
-    """Types and ranges of the keys users type most; keys a config does not have are skipped.
-
-    Raises:
-        ConfigError: ``key=value`` is not what the key takes, with an example of a value that is.
-    """
-    for rule in _rules():
-        value = OmegaConf.select(cfg, rule.key, default=_UNSET)
-        if value is not _UNSET and not rule.ok(value):
-            raise ConfigError(f"{rule.key}={_shown(value)} is not {rule.want}; set e.g. {rule.key}={rule.example}")
-    scaling = cfg.get("lr_scaling") or {}
-    if scaling.get("rule") not in (None, "none") and not scaling.get("base_batch"):
-        raise ConfigError(
-            f"lr_scaling.rule={scaling.get('rule')} needs lr_scaling.base_batch, the global batch the recipe's "
-            "optim.lr was tuned for; set e.g. lr_scaling.base_batch=512 (or lr_scaling.rule=none)"
-        )
-    _check_mixup(cfg.get("mixup"))
-    ema = OmegaConf.select(cfg, "callbacks.ema.decay")
-    if ema is not None and _sharded(OmegaConf.select(cfg, "trainer.strategy")):
-        raise ConfigError(
-            f"callbacks.ema.decay={ema} averages a whole copy of the model, which FSDP shards: Lightning's weight "
-            "averaging does not support sharded models; use hw=ddp (or hw=gpu), or callbacks.ema.decay=null"
-        )
-
-
-def _sharded(strategy: Any) -> bool:
-    """Whether ``trainer.strategy`` (a name or a ``_target_`` node) is FSDP (ours or Lightning's)."""
-    target = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy)
-    return target.rsplit(".", 1)[-1] in ("FSDPStrategy", "AtomicFSDPStrategy", "fsdp")
-
-
-def _check_mixup(mixup: Any) -> None:
-    if mixup is None:
-        return
-    if not isinstance(mixup, DictConfig):
-        raise ConfigError(f"mixup={_shown(mixup)} is not a mapping; write mixup='{{mixup_alpha: 0.8}}' or mixup=null")
-    alphas = [mixup.get(k, 0.0) for k in ("mixup_alpha", "cutmix_alpha")]
-    if not all(_number(a) and a >= 0 for a in alphas) or not any(alphas):
-        raise ConfigError(
-            f"mixup.mixup_alpha={_shown(alphas[0])} mixup.cutmix_alpha={_shown(alphas[1])}: one of them must be > 0 "
-            "(and neither < 0); set e.g. mixup.mixup_alpha=0.8, or mixup=null to train without it"
-        )
-    for key in ("prob", "switch_prob"):
-        value = mixup.get(key, 0.5)
-        if not (_number(value) and 0 <= value <= 1):
-            raise ConfigError(f"mixup.{key}={_shown(value)} is not a probability in [0, 1]; set e.g. mixup.{key}=0.5")
-
-
 def check_paths(cfg: DictConfig) -> None:
-    """``data.root``, ``model.pretrained`` and ``ckpt_path`` lead somewhere; ``ckpt_path`` is a checkpoint of ours.
+    """``data.root``, ``model.pretrained``, ``distill.teacher.checkpoint``, ``ckpt_path`` (a checkpoint of ours) exist.
 
     Raises:
         ConfigError: a path with nothing there, or a ``ckpt_path`` that ``train.py`` did not write.
     """
     from vit_exp.checkpoints import checkpoint_hparams, no_checkpoint
+    from vit_exp.distill import no_teacher
 
     root = OmegaConf.select(cfg, "data.root")
     if root and not Path(str(root)).expanduser().exists():
@@ -244,6 +122,9 @@ def check_paths(cfg: DictConfig) -> None:
     pretrained = OmegaConf.select(cfg, "model.pretrained")
     if pretrained and not Path(pretrained).exists():  # a file, or the directory of a sharded (FSDP) checkpoint
         raise no_checkpoint(f"model.pretrained={pretrained}", Path(pretrained))
+    teacher = OmegaConf.select(cfg, "distill.teacher.checkpoint")
+    if teacher and not Path(teacher).is_file():
+        raise no_teacher(teacher)
     if cfg.get("ckpt_path"):
         checkpoint_hparams(cfg.ckpt_path)  # raises on a path that is not a checkpoint written by train.py
 
@@ -273,7 +154,7 @@ def check_hardware(trainer_cfg: DictConfig) -> None:
                 f"trainer.devices={devices} GPUs asked for, {found} visible here; set trainer.devices={found} "
                 "(or -1: every visible GPU)"
             )
-    if accelerator == "cpu" and _sharded(strategy):
+    if accelerator == "cpu" and is_sharded(strategy):
         raise HardwareError("Lightning runs FSDP on CUDA GPUs only; on the CPU use hw=ddp_sim (DDP over gloo)")
     nodes = trainer_cfg.get("num_nodes") or 1
     launched = "SLURM_NTASKS" in os.environ or {"MASTER_ADDR", "NODE_RANK"} <= set(os.environ)
@@ -308,7 +189,7 @@ def _check_xla(trainer_cfg: DictConfig) -> None:
             "The config above is valid: run the same command on a TPU VM, or choose hw=gpu or hw=cpu"
         )
     found, devices = XLAAccelerator.auto_device_count(), trainer_cfg.get("devices")
-    if _whole(devices) and devices not in (1, found):
+    if whole(devices) and devices not in (1, found):
         raise HardwareError(
             f"trainer.devices={devices}: XLA runs on one device or on all {found} of this host; set "
             f"trainer.devices={found} (or trainer.devices=1)"

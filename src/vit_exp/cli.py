@@ -42,8 +42,10 @@ def _run(task: str, cfg: DictConfig, module: str = "run") -> Any:
     import importlib
 
     from vit_exp.errors import USER_ERRORS
+    from vit_exp.hw import set_wait_policy
 
     try:
+        set_wait_policy(cfg.get("hw"))  # before torch loads OpenMP: it reads OMP_WAIT_POLICY once
         return getattr(importlib.import_module(f"vit_exp.{module}"), task)(cfg)
     except USER_ERRORS as e:
         if _in_sweep():

@@ -207,6 +207,20 @@ def set_skip_flag(optimizer: Any, flag: Any) -> None:
         optimizer.found_inf = flag
 
 
+@contextlib.contextmanager
+def compiled_graphs_per_function(at_least: int) -> Iterator[None]:
+    """Within the block, ``torch.compile`` keeps at least ``at_least`` graphs of one function before it falls back
+    to eager (``torch._dynamo.config.recompile_limit``, 8 by default): FlexiViT compiles one graph per patch size."""
+    import torch._dynamo
+
+    saved = torch._dynamo.config.recompile_limit
+    torch._dynamo.config.recompile_limit = max(saved, at_least)
+    try:
+        yield
+    finally:
+        torch._dynamo.config.recompile_limit = saved
+
+
 def abort_process_group() -> None:
     """Abort this process's default process group, so that a collective waiting for a dead rank returns with an
     error (``torch.distributed.distributed_c10d._abort_process_group``)."""

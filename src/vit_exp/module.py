@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
@@ -15,7 +15,11 @@ from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePre
 
 from vit_exp import compat
 from vit_exp.data.mixup import MixupCutmix
-from vit_exp.optim import build_optimizer, grad_norm, param_groups
+from vit_exp.errors import ConfigError
+from vit_exp.optim import build_optimizer, grad_norm, param_groups, scale_lrs
+
+if TYPE_CHECKING:
+    from vit_exp.distill import Distillation
 
 TOP_K = (1, 5)  # logged as "{stage}/top1", "{stage}/top5" for stage in val, test
 MONITOR = "val/top1"  # what the best checkpoint is chosen by (conf/callbacks refers to it by name)
@@ -72,6 +76,10 @@ class ViTModule(pl.LightningModule):
         class_names: The data's class names, stored in checkpoints so that ``predict.py`` can name predictions.
         mixup: Arguments of ``vit_exp.data.mixup.MixupCutmix`` (mixup_alpha, cutmix_alpha, prob, switch_prob)
             for training batches; None trains on the batches as they are.
+        layer_decay: Layer-wise lr decay (``optim.layer_decay``, e.g. 0.65): each layer's lr is ``layer_decay``
+            times the one above it (``vit_exp.optim.param_groups``); None: one lr for all.
+        distillation: A frozen teacher and DeiT's loss (``vit_exp.distill``); a distilled backbone then returns
+            both heads' logits in training. None trains on the labels alone.
     """
 
     def __init__(
@@ -86,9 +94,11 @@ class ViTModule(pl.LightningModule):
         config: dict[str, Any] | None = None,
         class_names: list[str] | None = None,
         mixup: dict[str, float] | None = None,
+        layer_decay: float | None = None,
+        distillation: Distillation | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler", "distillation"])
         self.model = backbone
         self.optimizer_factory = optimizer
         self.schedule = scheduler
@@ -99,6 +109,14 @@ class ViTModule(pl.LightningModule):
         else:
             self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.mixup = MixupCutmix(num_classes, **mixup) if mixup else None
+        # A plain attribute, not a submodule: the teacher stays out of state_dict, the optimizer and the EMA.
+        self.distillation = distillation
+        if distillation is not None:
+            if multi_label:
+                raise ConfigError("distill: DeiT's distillation losses are for single-label (softmax) data; this data "
+                                  "is multi-label: drop distill=... (or use single-label data)")  # fmt: skip
+            if getattr(backbone, "dist_token", None) is not None:
+                backbone.set_distilled_training(True)  # training returns (class, distillation) logits
         # One metric object per stage and name: Lightning syncs and resets them at epoch end.
         metrics: dict[str, torchmetrics.Metric] = {}
         for stage in ("val", "test"):
@@ -125,15 +143,23 @@ class ViTModule(pl.LightningModule):
         bf16-true) losses and metrics are still computed and summed in float32."""
         return self(x).float()
 
+    def on_fit_start(self) -> None:
+        if self.distillation is not None:
+            self.distillation.teacher.to(self.device)
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         if self.mixup is not None:
             x, y = self.mixup(x, y)
-        loss = self.criterion(self._logits(x), _float32(y))
-        # Only where Lightning logs: a logged progress-bar value is read by the host at every batch (a GPU stall).
+        if self.distillation is not None:
+            return self.distillation.loss(self(x), x, _float32(y), self.criterion)
+        return self.criterion(self._logits(x), _float32(y))
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Logged after the step and only where Lightning logs: a logged progress-bar value is read by the host at every
+        # batch (a GPU stall), and on XLA the step graph stays the same whether it logs or not (no logging ops in it).
         if self._logging_step():
-            self.log("train/loss", loss, prog_bar=True)
-        return loss
+            self.log("train/loss", outputs["loss"], prog_bar=True)
 
     def _logging_step(self) -> bool:
         try:
@@ -173,7 +199,8 @@ class ViTModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
             raise ValueError("ViTModule was built without an optimizer; pass optimizer= (conf/optim) to train")
-        optimizer = build_optimizer(self.optimizer_factory, param_groups(self.model), self.device)
+        groups = param_groups(self.model, layer_decay=self.hparams.layer_decay)
+        optimizer = scale_lrs(build_optimizer(self.optimizer_factory, groups, self.device))
         if self.schedule is None:
             return optimizer
         lr_lambda = partial(self.schedule, total_steps=int(self.trainer.estimated_stepping_batches))

@@ -1,4 +1,4 @@
-"""Pure functions for the optimizer wiring: which parameters decay, and the learning-rate schedule.
+"""Pure functions for the optimizer wiring: which parameters decay, layer-wise lr decay, and the schedule.
 
 Both are chosen in ``conf/optim`` and ``conf/sched`` and wired by ``vit_exp.module.ViTModule``.
 """
@@ -21,32 +21,73 @@ DECAYS = ("cosine", "linear", "constant")
 FUSED_DEVICES = ("cuda",)
 
 
-def param_groups(model: nn.Module, weight_decay: float | None = None) -> list[dict[str, Any]]:
-    """Split parameters into a decayed and a non-decayed group (nanoGPT's rule, timm's exceptions).
+def param_groups(
+    model: nn.Module, weight_decay: float | None = None, layer_decay: float | None = None
+) -> list[dict[str, Any]]:
+    """Split parameters into a decayed and a non-decayed group (nanoGPT's rule, timm's exceptions), and with
+    ``layer_decay`` each of them by layer (BEiT, MAE, timm's ``--layer-decay``).
 
     A parameter decays when it is a weight matrix or kernel (``ndim >= 2``) and the model does not list
-    it in ``no_weight_decay()`` (ViT: position embedding and class token). Norms and biases never decay.
+    it in ``no_weight_decay()`` (ViT: position embedding, class and distillation tokens). Norms and biases never
+    decay. With ``layer_decay``, a group of layer ``i`` (``layer_id``) carries ``lr_scale = layer_decay **
+    (depth + 1 - i)``: the head learns at the full rate, each block below it at ``layer_decay`` times the one above;
+    ``scale_lrs`` applies the scales. The groups equal timm's ``param_groups_layer_decay`` (a test holds it).
 
     Args:
         model: The network; frozen parameters (``requires_grad=False``) are left out.
-        weight_decay: Decay of the first group; None leaves it to the optimizer's own ``weight_decay``.
+        weight_decay: Decay of the decayed groups; None leaves it to the optimizer's own ``weight_decay``.
+        layer_decay: The lr ratio of a layer to the one above it, in (0, 1]; None: no layer groups (two groups).
 
     Returns:
-        ``[{"params": decayed}, {"params": others, "weight_decay": 0.0}]`` for ``torch.optim``.
+        ``[{"params": decayed}, {"params": others, "weight_decay": 0.0}]`` for ``torch.optim``; with
+        ``layer_decay``, such a pair per layer (empty groups left out), each with its ``lr_scale``, by layer.
     """
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
+    depth = len(model.blocks) if layer_decay is not None else 0
+    groups: dict[tuple[int, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim >= 2 and name not in skip:
-            decay.append(p)
-        else:
-            no_decay.append(p)
-    first: dict[str, Any] = {"params": decay}
-    if weight_decay is not None:
-        first["weight_decay"] = weight_decay
-    return [first, {"params": no_decay, "weight_decay": 0.0}]
+        layer = layer_id(name, depth) if layer_decay is not None else 0
+        groups.setdefault((layer, p.ndim >= 2 and name not in skip), []).append(p)
+    if layer_decay is None:
+        keys = [(0, True), (0, False)]  # the two groups, even when one is empty
+    else:
+        keys = sorted(groups, key=lambda k: (k[0], not k[1]))  # by layer, the decayed group first
+    out = []
+    for layer, decays in keys:
+        group: dict[str, Any] = {"params": groups.get((layer, decays), [])}
+        if not decays:
+            group["weight_decay"] = 0.0
+        elif weight_decay is not None:
+            group["weight_decay"] = weight_decay
+        if layer_decay is not None:
+            group["lr_scale"] = layer_decay ** (depth + 1 - layer)
+        out.append(group)
+    return out
+
+
+def layer_id(name: str, depth: int) -> int:
+    """The layer of a ViT parameter for layer-wise lr decay, as timm's ``group_matcher`` numbers them: the
+    embeddings (patch, position, class and distillation tokens) 0, block ``i`` ``i + 1``, the final norm with the
+    last block (``depth``; BEiT and MAE put it with the head), the head(s) and pre-logits ``depth + 1``."""
+    if name.startswith(("patch_embed.", "pos_embed", "cls_token", "dist_token")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    if name.startswith("norm."):
+        return depth
+    return depth + 1
+
+
+def scale_lrs(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Multiply each group's lr by its ``lr_scale`` (``param_groups(..., layer_decay=...)``), once, before the
+    schedule is made: ``LambdaLR`` takes the scaled lrs as its base (``initial_lr``), so each step's lr is
+    ``lr * lr_scale * schedule(step)``, and a resumed run restores them with the optimizer's and scheduler's state."""
+    for group in optimizer.param_groups:
+        if "lr_scale" in group:
+            group["lr"] = group["lr"] * group["lr_scale"]
+    return optimizer
 
 
 def build_optimizer(

@@ -27,7 +27,7 @@ def test_folder_to_shards_and_back(image_folder, tmp_path, fmt):
     assert index["splits"]["train"]["shards"] == [f"train-00000{i}.{ext}" for i in range(3)]  # 5 + 5 + 2
     assert index["splits"]["train"]["urls"] == f"train-{{000000..000002}}.{ext}"
 
-    source = ShardSource.from_index(out / "index.json")
+    source = ShardSource.from_index(out / "index.json", index_dir=str(tmp_path / "index"))
     labels = Counter(label for _, label in source.dataset("val"))
     assert labels == Counter({0: 2, 1: 2, 2: 2})
     assert sorted(int(label) for _, label in source.dataset("train")) == [0] * 4 + [1] * 4 + [2] * 4

@@ -46,3 +46,23 @@ def test_bad_arguments() -> None:
         DigitsSource(val_fraction=0.5, test_fraction=0.6)
     with pytest.raises(ValueError, match="unknown split"):
         DigitsSource().dataset("validation", build_eval_transform(16, 1.0, "bicubic"))
+
+
+def test_deterministic_transform_runs_once_per_image_with_the_same_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The evaluation transform (the default run trains with it) is applied once per image and reused; a random
+    (training) transform is applied at every access."""
+    from vit_exp.data.transforms import EvalTransform, build_train_transform
+
+    calls = []
+    real = EvalTransform.__call__
+    monkeypatch.setattr(EvalTransform, "__call__", lambda self, img: calls.append(1) or real(self, img))
+    transform = build_eval_transform(16, 1.0, "bicubic")
+    ds = DigitsSource().dataset("train", transform)
+    first = [ds[i][0] for i in range(5)]
+    again = [ds[i][0] for i in range(5)]
+    assert len(calls) == 5  # not 10
+    for i, (a, b) in enumerate(zip(first, again)):
+        assert torch.equal(a, b) and torch.equal(a, real(transform, ds.images[i]))
+    augmented = DigitsSource().dataset("train", build_train_transform(16, "bicubic"))
+    torch.manual_seed(0)
+    assert not all(torch.equal(augmented[0][0], augmented[0][0]) for _ in range(5))

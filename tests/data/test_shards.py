@@ -53,12 +53,16 @@ def test_expand_urls():
     assert expand_urls(["x.tar", "y-{a,b}.tar"]) == ["x.tar", "y-a.tar", "y-b.tar"]
 
 
-def test_two_ranks_by_two_workers_see_disjoint_samples_and_equal_batches(write_tar_shards):
+@pytest.mark.parametrize("resumable", [True, False])
+def test_two_ranks_by_two_workers_see_disjoint_samples_and_equal_batches(write_tar_shards, tmp_path, resumable):
     # 8 shards x 3 samples, each sample's label is its unique id
     urls = write_tar_shards([[3 * s + i for i in range(3)] for s in range(8)])
     seen, batches = [], []
     for rank in range(2):
-        source = ShardSource({"train": urls}, num_classes=24, samples_per_epoch={"train": 24}, rank=rank, world_size=2)
+        source = ShardSource(
+            {"train": urls}, num_classes=24, samples_per_epoch={"train": 24}, rank=rank, world_size=2,
+            batch_size=3, resumable=resumable, index_dir=tmp_path / "index",
+        )  # fmt: skip
         loader = DataLoader(source.dataset("train"), batch_size=3, num_workers=2)
         labels = [batch_labels.tolist() for _, batch_labels in loader]
         batches.append(len(labels))
@@ -67,23 +71,36 @@ def test_two_ranks_by_two_workers_see_disjoint_samples_and_equal_batches(write_t
     assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == set(range(24))
 
 
-def test_stream_repeats_to_a_fixed_epoch_of_whole_batches(write_tar_shards):
+@pytest.mark.parametrize("resumable", [True, False])
+def test_stream_repeats_to_a_fixed_epoch_of_whole_batches(write_tar_shards, tmp_path, resumable):
     urls = write_tar_shards([[0, 1, 2], [3, 4]])  # 5 samples, unequal shards
-    source = ShardSource({"train": urls}, num_classes=5, samples_per_epoch={"train": 13}, batch_size=4)
+    source = ShardSource(
+        {"train": urls}, num_classes=5, samples_per_epoch={"train": 13}, batch_size=4, resumable=resumable,
+        index_dir=tmp_path / "index",
+    )  # fmt: skip
     loader = DataLoader(source.dataset("train"), batch_size=4, num_workers=2)
     sizes = [len(labels) for _, labels in loader]
     assert sizes == [4, 4, 4] == [4] * len(loader)  # 13 rounds down to 3 whole batches
 
 
-def test_each_epoch_is_a_new_shuffle_of_the_same_samples(write_tar_shards):
+def test_each_epoch_is_a_new_shuffle_of_the_same_samples(write_tar_shards, tmp_path):
     urls = write_tar_shards([list(range(s * 6, s * 6 + 6)) for s in range(4)])
-    dataset = ShardSource({"train": urls}, num_classes=24, samples_per_epoch={"train": 24}, shuffle_buffer=8).dataset(
-        "train"
-    )
+    dataset = ShardSource(
+        {"train": urls}, num_classes=24, samples_per_epoch={"train": 24}, shuffle_buffer=8, resumable=False
+    ).dataset("train")
     torch.manual_seed(0)
     first, second = ([label for _, label in dataset] for _ in range(2))
     assert sorted(first) == sorted(second) == list(range(24))
     assert first != second
+    resumable = ShardSource(
+        {"train": urls}, num_classes=24, samples_per_epoch={"train": 24}, batch_size=4, index_dir=tmp_path / "index"
+    ).dataset("train")
+    first = [label for _, label in resumable]
+    resumable.set_epoch(1)
+    second = [label for _, label in resumable]
+    assert sorted(first) == sorted(second) == list(range(24)) and first != second
+    resumable.set_epoch(0)
+    assert [label for _, label in resumable] == first  # a function of (seed, epoch)
 
 
 def test_val_is_read_once_in_order_without_a_set_length(write_tar_shards):
@@ -148,12 +165,16 @@ def test_user_errors_before_training(write_tar_shards):
         ShardSource({"val": urls}, num_classes=2).dataset("test")
     with pytest.raises(ValueError, match="pass both rank and world_size"):
         ShardSource({"val": urls}, num_classes=2, rank=1).dataset("val")
-    source = ShardSource({"train": urls}, num_classes=2, samples_per_epoch={"train": 4})
+    source = ShardSource({"train": urls}, num_classes=2, samples_per_epoch={"train": 4}, resumable=False)
     loader = DataLoader(source.dataset("train"), num_workers=2)
     with pytest.raises(ValueError, match="worker 1 has no shard"):
         list(loader)
+    with pytest.raises(ValueError, match="not a local file.*resumable=false"):
+        ShardSource({"train": "pipe:cat x.tar"}, num_classes=2, samples_per_epoch={"train": 4}, batch_size=2).dataset(
+            "train"
+        )
     # with whole batches of 4, worker 0 does the one batch and worker 1 has nothing to do
-    source = ShardSource({"train": urls}, num_classes=2, samples_per_epoch={"train": 4}, batch_size=4)
+    source = ShardSource({"train": urls}, num_classes=2, samples_per_epoch={"train": 4}, batch_size=4, resumable=False)
     assert [len(labels) for _, labels in DataLoader(source.dataset("train"), batch_size=4, num_workers=2)] == [4]
 
 
@@ -183,7 +204,7 @@ def test_from_index_reads_convert_output(tmp_path):
         ShardSource.from_index(tmp_path / "missing.json")
 
 
-def test_jft_config_trains_multi_label_on_tar_shards(write_tar_shards, data_module):
+def test_jft_config_trains_multi_label_on_tar_shards(write_tar_shards, data_module, tmp_path):
     urls = write_tar_shards([[[0, 2], [1]], [[2], [0, 1]]], field="json")
     dm = data_module(
         "jft",
@@ -192,6 +213,7 @@ def test_jft_config_trains_multi_label_on_tar_shards(write_tar_shards, data_modu
         "data.source.samples_per_epoch.train=4",
         "data.num_classes=3",
         "data.batch_size=2",
+        f"data.source.index_dir={tmp_path / 'index'}",
     )
     dm.setup("fit")
     loader = dm.train_dataloader()
@@ -200,3 +222,22 @@ def test_jft_config_trains_multi_label_on_tar_shards(write_tar_shards, data_modu
     images, targets = batches[0]
     assert images.shape == (2, 3, 16, 16) and targets.shape == (2, 3) and targets.dtype == torch.float32
     assert sorted(t.tolist() for _, ts in batches for t in ts) == [[0, 0, 1], [0, 1, 0], [1, 0, 1], [1, 1, 0]]
+
+
+def test_a_stream_set_up_before_the_process_group_is_built_again_for_its_rank(
+    write_tar_shards, data_module, tmp_path, monkeypatch
+):
+    """run.py sets the data up before Lightning starts the process group; Lightning's own setup on each rank must
+    then give that rank its own shards, not rank 0's of a world of one (every rank reading every shard)."""
+    from vit_exp.data import datamodule, shards
+
+    urls = write_tar_shards([[0, 1], [2, 3]])
+    dm = data_module("jft", f"data.source.urls.train='{urls}'", f"data.source.urls.val='{urls}'",
+                     "data.source.samples_per_epoch.train=4", "data.num_classes=4", "data.batch_size=2",
+                     "data.source.multi_label=false", f"data.source.index_dir={tmp_path / 'index'}")  # fmt: skip
+    dm.setup("fit")
+    assert sorted(label for _, label in dm.datasets["val"]) == [0, 1, 2, 3]  # a world of one reads every shard
+    for module in (datamodule, shards):  # as rank 1 of 2 once DDP has started (both ask torch.distributed)
+        monkeypatch.setattr(module, "rank_and_world_size", lambda rank=None, world=None: (rank, world) if world else (1, 2))
+    dm.setup("fit")
+    assert sorted(label for _, label in dm.datasets["val"]) == [2, 3]  # rank 1's shard alone

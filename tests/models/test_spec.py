@@ -118,7 +118,7 @@ def test_every_published_file_is_keyed_by_arch_and_tag():
     from vit_exp.models import list_pretrained
 
     names = list_pretrained()
-    assert len(names) == 7 and "vit_small_patch16_224.legacy_in1k" in names
+    assert len(names) == 12 and "vit_small_patch16_224.legacy_in1k" in names
     for name in names:
         spec = resolve_spec(name)
         assert spec.arch == name.split(".")[0] and spec.weights.name == name and spec.weights.url.endswith(spec.weights.file)

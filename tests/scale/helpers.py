@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -46,3 +47,17 @@ class CrashOnRank(pl.Callback):
         if trainer.global_rank == self.rank:
             raise RuntimeError(f"crash on rank {self.rank} at step {self.step}")
         time.sleep(self.others_stall_s)
+
+
+class RecordTargets(pl.Callback):
+    """Append each training batch's targets to ``path`` as a JSON line {"step", "rank", "pid", "targets", "images" (a checksum)}, flushed at
+    once (a SIGKILLed run keeps what it trained on)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        line = {"step": trainer.global_step, "rank": trainer.global_rank, "pid": os.getpid(), "targets": batch[1].tolist(),
+                "images": float(batch[0].double().sum())}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(line) + "\n")

@@ -43,6 +43,15 @@ def test_private_constants_agree_with_ours() -> None:
     assert compat.sharded_meta_filename() == SHARDED_META  # read without Lightning by vit_exp.checkpoints
 
 
+def test_overridden_private_methods_exist_in_lightning() -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from vit_exp.callbacks.best_checkpoint import BestCheckpoint
+
+    assert callable(getattr(ModelCheckpoint, "_monitor_candidates", None))  # BestCheckpoint's override would be dead
+    assert BestCheckpoint._monitor_candidates is not ModelCheckpoint._monitor_candidates
+
+
 def test_a_version_outside_the_tested_range_is_warned_about(monkeypatch: pytest.MonkeyPatch) -> None:
     assert compat.check_versions() == []  # this environment is a tested one
     monkeypatch.setattr(compat, "TESTED", (("lightning", (2, 0), (2, 1)),))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -35,11 +37,20 @@ def _tensors(obj: object, prefix: str = "") -> dict[str, torch.Tensor]:
     return {k: v for key, value in items for k, v in _tensors(value, f"{prefix}/{key}").items()}
 
 
-def train_killed_then_resumed(run: list[str], tmp_path: Path) -> tuple[Path, Path]:
-    """``train.py RUN`` uninterrupted in ``tmp_path/reference``, and in ``tmp_path/cut`` SIGKILLed mid-epoch once it
-    has written a checkpoint, then resumed by the same command; returns (cut, reference)."""
-    reference = train_cli([*run, "hydra.run.dir=reference"], tmp_path)
-    assert reference.returncode == 0, reference.stderr[-3000:]
+def train_killed_then_resumed(
+    run: list[str],
+    tmp_path: Path,
+    steps_per_epoch: int = STEPS_PER_EPOCH,
+    epochs: int = 3,
+    resume_with: Sequence[str] = (),
+    reference: bool = True,
+) -> tuple[Path, Path]:
+    """``train.py RUN`` uninterrupted in ``tmp_path/reference`` (unless ``reference=False``), and in ``tmp_path/cut``
+    SIGKILLed mid-epoch once it has written a checkpoint (all its processes: DDP ranks too), then resumed by the
+    same command plus ``resume_with``; returns (cut, reference)."""
+    if reference:
+        out = train_cli([*run, "hydra.run.dir=reference"], tmp_path)
+        assert out.returncode == 0, out.stderr[-3000:]
 
     cut = tmp_path / "cut"
     last = cut / "checkpoints" / "last.ckpt"
@@ -48,28 +59,32 @@ def train_killed_then_resumed(run: list[str], tmp_path: Path) -> tuple[Path, Pat
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the DDP ranks it starts die with it
     )
     deadline = time.monotonic() + 240
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)  # no handler, no cleanup: as an OOM killer or a node failure
+    os.killpg(proc.pid, signal.SIGKILL)  # no handler, no cleanup: as an OOM killer or a node failure
     proc.wait()
     killed_at = torch.load(last, weights_only=False)["global_step"]
-    assert 0 < killed_at < 3 * STEPS_PER_EPOCH and killed_at % STEPS_PER_EPOCH, killed_at  # mid-epoch
+    assert 0 < killed_at < epochs * steps_per_epoch and killed_at % steps_per_epoch, killed_at  # mid-epoch
 
-    resumed = train_cli([*run, f"hydra.run.dir={cut}"], tmp_path)
+    resumed = train_cli([*run, *resume_with, f"hydra.run.dir={cut}"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restoring states from the checkpoint" in resumed.stdout + resumed.stderr
     return cut, tmp_path / "reference"
 
 
 def test_killed_mid_epoch_then_resumed_matches_an_uninterrupted_run(tmp_path: Path) -> None:
-    cut, _ = train_killed_then_resumed(RUN, tmp_path)
-    last = cut / "checkpoints" / "last.ckpt"
+    cut, reference = train_killed_then_resumed(RUN, tmp_path)
+    assert_runs_match(cut, reference, 3 * STEPS_PER_EPOCH)
 
-    ours = torch.load(last, weights_only=False)
-    theirs = torch.load(tmp_path / "reference" / "checkpoints" / "last.ckpt", weights_only=False)
-    assert ours["global_step"] == theirs["global_step"] == 3 * STEPS_PER_EPOCH
+
+def assert_runs_match(cut: Path, reference: Path, steps: int) -> None:
+    """The two runs end with the same weights and optimizer state (bit for bit), results and val curve."""
+    ours = torch.load(cut / "checkpoints" / "last.ckpt", weights_only=False)
+    theirs = torch.load(reference / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ours["global_step"] == theirs["global_step"] == steps
     a, b = (
         _tensors({k: ours[k] for k in ("state_dict", "optimizer_states")}),
         _tensors({k: theirs[k] for k in ("state_dict", "optimizer_states")}),
@@ -78,11 +93,11 @@ def test_killed_mid_epoch_then_resumed_matches_an_uninterrupted_run(tmp_path: Pa
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"not bit for bit: {different[:5]}"
 
-    results = [json.loads((d / "results.json").read_text()) for d in (cut, tmp_path / "reference")]
+    results = [json.loads((d / "results.json").read_text()) for d in (cut, reference)]
     for key in ("top1", "top5", "best_val_top1", "steps"):
         assert results[0][key] == results[1][key], key
     val = [
         {r["epoch"]: r["val/top1"] for r in read_csv(d / "metrics.csv") if r.get("val/top1")}
-        for d in (cut, tmp_path / "reference")
+        for d in (cut, reference)
     ]
     assert val[0] and all(val[1][epoch] == value for epoch, value in val[0].items())

@@ -18,9 +18,11 @@ from vit_exp.compat import xla_available
 
 ROOT = Path(__file__).resolve().parents[2]
 XLA = [pytest.mark.xla, pytest.mark.skipif(not xla_available(), reason="needs torch_xla (scripts/xla_env.sh)")]
-# The command: one XLA CPU device, the 28k-parameter vit_test, two epochs of 5 steps; Lightning logs (and
-# vit_exp's per-step checks read the device) every 3rd step.
-RUN = ["trainer=tpu", "trainer.devices=1", "model=vit_test", "debug=limit", "trainer.log_every_n_steps=3"]
+# The command: one XLA CPU device, the 28k-parameter vit_test, three epochs of 5 steps (the third shows what
+# compiles once every kind of step has run twice); Lightning logs (and vit_exp's checks read the device) every 3rd step.
+RUN = ["trainer=tpu", "trainer.devices=1", "model=vit_test", "debug=limit", "trainer.max_epochs=3",
+       "trainer.log_every_n_steps=3"]  # fmt: skip
+STEPS = 15
 HELPERS = "tests.scale.helpers"
 
 
@@ -30,7 +32,7 @@ def xla_train(run_dir: Path, *overrides: str, metrics: bool = False, timeout: in
     extra = [f"+callbacks.xla_metrics={{_target_:vit_exp.callbacks.xla.XLAMetricsLog,path:{run_dir}/xla.jsonl}}"]
     cmd = [sys.executable, str(ROOT / "tests" / "xla" / "cpu_train.py"), *RUN, f"hydra.run.dir={run_dir}",
            *overrides, *(extra if metrics else [])]  # fmt: skip
-    env = {**os.environ, "PJRT_DEVICE": "CPU", "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0"}
+    env = {**os.environ, "PJRT_DEVICE": "CPU", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]), "HYDRA_FULL_ERROR": "0"}
     env.pop("XLA_USE_BF16", None)
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 

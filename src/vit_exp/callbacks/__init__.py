@@ -7,6 +7,7 @@ Lightning's own ``ModelCheckpoint`` and ``LearningRateMonitor``).
 ``Throughput``          training images per second (``throughput``)
 ``BestCheckpoint``      the best checkpoint, a tie going to the later one (``best_checkpoint``)
 ``EMA``                 an exponential moving average of the weights, validated and checkpointed (``ema``)
+``FlexiPatchSizes``     FlexiViT: a patch size per training step from ``model.flexi.patch_sizes`` (``flexi``)
 ``FewShotEval``         few-shot top-1 of the frozen features while training (``fewshot``)
 ``AttentionImages``     attention maps of validation images, to the loggers that take images (``attention``)
 ``RunPlots``            ``curves.png`` and ``confusion_matrix.png`` in the run directory (``plots``)
@@ -17,6 +18,7 @@ from vit_exp.callbacks.best_checkpoint import BestCheckpoint
 from vit_exp.callbacks.ema import EMA, ema_callback
 from vit_exp.callbacks.exact_resume import ExactResume
 from vit_exp.callbacks.fewshot import FewShotEval
+from vit_exp.callbacks.flexi import FlexiPatchSizes
 from vit_exp.callbacks.nan_guard import NonFiniteLossGuard
 from vit_exp.callbacks.plots import RunPlots
 from vit_exp.callbacks.preemption import Preemption
@@ -28,6 +30,7 @@ __all__ = [
     "EMA",
     "ExactResume",
     "FewShotEval",
+    "FlexiPatchSizes",
     "NonFiniteLossGuard",
     "Preemption",
     "RunPlots",

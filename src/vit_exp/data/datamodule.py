@@ -11,8 +11,9 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from vit_exp.data.device_decode import DECODES, DeviceDecode, EncodedBatch, ReadEncoded, collate_encoded
 from vit_exp.data.erasing import RandomErasing
-from vit_exp.data.order import RepeatedAugSampler, resumable_loader
+from vit_exp.data.order import RepeatedAugSampler, ResumableStream, rank_and_world_size, resumable_loader
 from vit_exp.data.transforms import Transform, build_eval_transform, build_train_transform, normalize
 from vit_exp.errors import ConfigError
 
@@ -67,6 +68,9 @@ class ViTDataModule(pl.LightningDataModule):
             ``data.root=PATH`` is all a user types.
         strict: Whether an unreadable image stops the run (sources read it as ``${data.strict}``); False
             skips and counts it.
+        decode: "host": loader workers decode and augment; "device": they read JPEG bytes and draw the crop and
+            flip, and ``on_after_batch_transfer`` decodes and augments the batch on the device
+            (``vit_exp.data.device_decode``). ``train_transform`` / ``eval_transform`` stay the host ones.
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class ViTDataModule(pl.LightningDataModule):
         root: str | None = None,
         repeated_aug: int = 1,
         strict: bool = False,
+        decode: str = "host",
     ) -> None:
         super().__init__()
         if num_classes is not None and num_classes != source.num_classes:
@@ -121,7 +126,27 @@ class ViTDataModule(pl.LightningDataModule):
             )
         # Erasing works on whole normalised batches on the device (on_after_batch_transfer), not per image.
         self.erasing = RandomErasing(**erasing) if erasing else None
+        self.device_decode = self._device_decode(decode, img_size, crop_pct, interpolation)
         self.datasets: dict[str, Dataset] = {}
+        self._placed: dict[str, tuple[int, int]] = {}  # split -> (rank, world size) its stream was built for
+
+    def _device_decode(self, decode: str, img_size: int, crop_pct: float, interpolation: str) -> DeviceDecode | None:
+        if decode not in DECODES:
+            raise ConfigError(f"data.decode={decode} is not one of {', '.join(DECODES)}; set e.g. data.decode=device")
+        if decode == "host":
+            return None
+        if getattr(self.train_transform, "randaugment", None) is not None:
+            raise ConfigError(
+                "data.decode=device crops and flips on the device but has no RandAugment; set "
+                "data.train_aug.randaugment=null, or data.decode=host"
+            )
+        return DeviceDecode(img_size, crop_pct, interpolation, self.strict)
+
+    def _transform(self, split: str) -> Transform:
+        train = split == "train" and self.train_transform is not self.eval_transform
+        if self.device_decode is not None:
+            return ReadEncoded(self.train_transform if train else None)  # type: ignore[arg-type]
+        return self.train_transform if train else self.eval_transform
 
     @property
     def num_classes(self) -> int:
@@ -133,14 +158,21 @@ class ViTDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": (self.test_split,)}.get(stage, SPLITS)
+        placed = rank_and_world_size()
         for split in wanted:
-            if split not in self.datasets:
-                transform = self.train_transform if split == "train" else self.eval_transform
-                self.datasets[split] = self.source.dataset(split, transform)
+            built = self.datasets.get(split)
+            # A stream takes this rank's shards when it is built; one built before the process group started
+            # (run.py sets the data up first, to check it) is built again for its rank. A ResumableStream places
+            # itself when its loader is made; map-style splits are split among ranks by their samplers.
+            moved = self._placed.get(split, placed) != placed
+            if built is None or (isinstance(built, IterableDataset) and not isinstance(built, ResumableStream) and moved):
+                self.datasets[split] = self.source.dataset(split, self._transform(split))
+                self._placed[split] = placed
 
     def _loader(self, split: str, train: bool = False) -> DataLoader:
         dataset = self.datasets[split]
-        shuffle = train and not isinstance(dataset, IterableDataset)
+        # a ResumableStream (sharded training data) orders itself and keeps its place like the map-style order
+        shuffle = train and (not isinstance(dataset, IterableDataset) or isinstance(dataset, ResumableStream))
         kwargs = {
             "batch_size": self.batch_size if train else self.eval_batch_size,
             "drop_last": train,
@@ -148,7 +180,14 @@ class ViTDataModule(pl.LightningDataModule):
             "persistent_workers": self.num_workers > 0,
             "pin_memory": torch.cuda.is_available(),
         }
+        if self.device_decode is not None:
+            kwargs["collate_fn"] = collate_encoded
         if not shuffle:
+            if isinstance(dataset, IterableDataset):
+                # Its own generator: a streamed eval loader's persistent workers, first started at the first
+                # validation (after a resume: later than in the uninterrupted run), then draw no number from the
+                # global RNG that ExactResume restores (map-style eval loaders keep the default: the default run)
+                kwargs["generator"] = torch.Generator().manual_seed(0)
             return DataLoader(dataset, **kwargs)
         sampler = None
         if self.repeated_aug > 1:
@@ -169,8 +208,22 @@ class ViTDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_split)
 
+    def teardown(self, stage: str) -> None:
+        if self.device_decode is None or not self.device_decode.images:
+            return
+        readers = [t for d in self.datasets.values() if isinstance(t := getattr(d, "transform", None), ReadEncoded)]
+        log.info(
+            "data.decode=device: %d images decoded and augmented on the device (%s decoded in the loader workers: "
+            "not JPEG, or CMYK; %d corrupt JPEGs replaced)",
+            self.device_decode.images,
+            sum(r.num_host_decoded for r in readers),
+            self.device_decode.num_skipped,
+        )
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         x, y = batch
+        if isinstance(x, EncodedBatch):  # data.decode=device: decode and augment here, on the device
+            x = self.device_decode(x)  # type: ignore[misc]
         x = normalize(x, self.mean, self.std)
         if self.trainer is not None:
             # Lightning converts a batch to the run's precision before it reaches this hook, when the images are

@@ -6,7 +6,11 @@ Writes an ImageNet-like set of JPEGs (500x375, photo-like statistics) to a tempo
 reads it with both training pipelines through a DataLoader, alternating them for `--rounds` rounds:
 
   ours:     ImageFolderSource + build_train_transform -> uint8 batches (normalised later, on the device)
+  bytes:    ours under data.decode=device: the workers read JPEG bytes and draw the crop and flip only
   baseline: torchvision ImageFolder + RandomResizedCrop + flip + ToTensor + Normalize -> float batches
+
+and then times the device half of ``bytes`` (``DeviceDecode``: batched decode, crop, resize, flip) where it runs:
+on this machine's CPU (``--device cpu``, the reference figure) or on a GPU (``device_step``, ``--device cuda``).
 
 "Per core" is images per CPU-second of the main process and its workers together, which is what
 limits a data loader and is steadier than wall time on a shared machine. Both use one interpolation.
@@ -20,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,14 +63,16 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def measure(dataset: Dataset, workers: int, batch_size: int, epochs: int) -> tuple[int, float, float]:
+def measure(
+    dataset: Dataset, workers: int, batch_size: int, epochs: int, collate_fn: Any = None
+) -> tuple[int, float, float]:
     """(images, wall seconds, CPU seconds) of `epochs` shuffled passes over the dataset in one loader.
 
     One long pass rather than several short ones, so that starting the workers weighs as little
     as it does in real training.
     """
     sampler = RandomSampler(dataset, num_samples=epochs * len(dataset))
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, sampler=sampler)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, sampler=sampler, collate_fn=collate_fn)
     cpu, wall, images = _cpu_seconds(), time.perf_counter(), 0
     for batch, _ in loader:
         images += len(batch)
@@ -77,6 +84,7 @@ def pipelines(root: Path, size: int, interpolation: str) -> dict[str, Dataset]:
     from torchvision import datasets
     from torchvision import transforms as T
 
+    from vit_exp.data.device_decode import ReadEncoded
     from vit_exp.data.folder import ImageFolderSource
     from vit_exp.data.transforms import INTERPOLATIONS, build_train_transform
 
@@ -89,8 +97,10 @@ def pipelines(root: Path, size: int, interpolation: str) -> dict[str, Dataset]:
         ]
     )
     ours = build_train_transform(size, interpolation=interpolation)
+    source = ImageFolderSource(root, cache_dir=root / ".cache")
     return {
-        "ours": ImageFolderSource(root, cache_dir=root / ".cache").dataset("train", ours),
+        "ours": source.dataset("train", ours),
+        "bytes": source.dataset("train", ReadEncoded(ours)),  # type: ignore[arg-type]
         "baseline": datasets.ImageFolder(str(root / "train"), transform=baseline),
     }
 
@@ -101,15 +111,70 @@ def run(
     """Best images per CPU-second of each pipeline over the rounds; prints one line per measurement."""
     datasets = pipelines(root, size, interpolation)
     best: dict[str, float] = {}
+    from vit_exp.data.device_decode import collate_encoded
+
     for r in range(rounds):
         for name, dataset in datasets.items():
-            images, wall, cpu = measure(dataset, workers, batch_size, epochs)
+            collate = collate_encoded if name == "bytes" else None
+            images, wall, cpu = measure(dataset, workers, batch_size, epochs, collate)
             best[name] = max(best.get(name, 0.0), images / cpu)
             print(
                 f"round {r} {name:8s}: {images / wall:7.1f} img/s wall, {images / cpu:7.1f} img/s per core "
                 f"({cpu:.2f} CPU-s for {images} images)"
             )
     return best
+
+
+def device_step(
+    root: Path | None = None,
+    device: str = "cuda",
+    batch_size: int = 256,
+    size: int = 224,
+    batches: int = 20,
+    interpolation: str = "bilinear",
+    n: int = 256,
+) -> dict[str, float]:
+    """The device half of ``data.decode=device`` alone: decode + random-resized crop + flip of training batches.
+
+    Loads the bytes once (``ReadEncoded`` in this process), then times ``DeviceDecode`` on ``batches`` batches after
+    one warm-up batch, synchronising the device around the timed loop only. The entry for a GPU check:
+    ``device_step(device="cuda")`` writes its own ``n`` ImageNet-sized JPEGs when ``root`` is None.
+
+    Returns:
+        {"device", "batch_size", "images_per_s", "ms_per_image"} (wall time; on a CPU also its CPU time).
+    """
+    from vit_exp.data.device_decode import DeviceDecode, ReadEncoded, collate_encoded
+    from vit_exp.data.folder import ImageFolderSource
+    from vit_exp.data.transforms import build_train_transform
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = root or make_images(Path(tmp), n)
+        dataset = ImageFolderSource(root, cache_dir=Path(tmp) / ".cache").dataset(
+            "train",
+            ReadEncoded(build_train_transform(size, interpolation)),  # type: ignore[arg-type]
+        )
+        samples = [dataset[i % len(dataset)] for i in range(batch_size)]
+    batch = collate_encoded(samples)[0].to(device)
+    step = DeviceDecode(size, 0.875, interpolation)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    step(batch)  # warm-up: nvJPEG handles, kernels
+    sync()
+    cpu, wall = _cpu_seconds(), time.perf_counter()
+    for _ in range(batches):
+        out = step(batch)
+    sync()
+    wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
+    images = batches * batch_size
+    assert out.shape == (batch_size, 3, size, size)
+    result = {
+        "device": device,
+        "batch_size": batch_size,
+        "images_per_s": images / wall,
+        "ms_per_image": 1e3 * wall / images,
+    }
+    if torch.device(device).type == "cpu":
+        result["cpu_ms_per_image"] = 1e3 * cpu / images
+    return result
 
 
 def main(argv: Iterable[str] | None = None) -> None:
@@ -122,14 +187,22 @@ def main(argv: Iterable[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating measurements of each pipeline")
     parser.add_argument("--interpolation", default="bilinear", help="for both pipelines (torchvision's default)")
     parser.add_argument("--root", type=Path, help="use these images (root/train/<class>/) instead of generating")
+    parser.add_argument("--device", default="cpu", help="where to time the device half of decode=device")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the main process only collects batches; keep it off the workers' cores
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root or make_images(Path(tmp), args.n)
         best = run(root, args.workers, args.size, args.batch_size, args.epochs, args.rounds, args.interpolation)
+        step = device_step(root, args.device, args.batch_size, args.size, 5, args.interpolation)
     print(
-        f"best per core: ours {best['ours']:.1f} img/s, baseline {best['baseline']:.1f} img/s, "
-        f"ratio {best['ours'] / best['baseline']:.2f}x"
+        f"best per core: ours {best['ours']:.1f} img/s, bytes (decode=device) {best['bytes']:.1f} img/s, "
+        f"baseline {best['baseline']:.1f} img/s; ours/baseline {best['ours'] / best['baseline']:.2f}x, "
+        f"bytes/ours {best['bytes'] / best['ours']:.1f}x"
+    )
+    extra = f", {step['cpu_ms_per_image']:.2f} CPU-ms" if "cpu_ms_per_image" in step else ""
+    print(
+        f"device half of decode=device on {step['device']} (batch {step['batch_size']}): "
+        f"{step['images_per_s']:.1f} img/s, {step['ms_per_image']:.2f} ms per image{extra}"
     )
 
 

@@ -3,13 +3,15 @@
 The train order is a function of (seed, epoch), each sample's augmentation a function of (seed, epoch, its place
 in the epoch), and the loader's position in the epoch is part of the checkpoint (Lightning saves loaders that have
 ``state_dict``/``load_state_dict``), so a run killed mid-epoch and resumed ends bit for bit where an
-uninterrupted one does, whatever the number of loader workers. Streamed sources (``IterableDataset``: shards, HF
-streaming) split by ``rank_and_world_size`` and restart their epoch's stream on resume instead.
+uninterrupted one does, whatever the number of loader workers. Sharded sources do the same as a ``ResumableStream``
+(``vit_exp.data.stream``); other streamed ones (HF streaming, ``ShardSource(resumable=False)``) split by
+``rank_and_world_size`` and restart their epoch's stream on resume instead.
 
 - ``rank_and_world_size``: where this process sits among the training processes.
 - ``ResumableSampler``: a shuffle of (seed, epoch) that can start part-way through an epoch.
 - ``RepeatedAugSampler``: DeiT's repeated augmentation, as a ``ResumableSampler``.
-- ``SeededSamples``: each draw augmented with its own seed.
+- ``SeededSamples``: each draw augmented with its own seed (``torch_seeded``).
+- ``ResumableStream``: an ``IterableDataset`` whose epoch and position reach its loader workers.
 - ``ResumableLoader`` / ``resumable_loader``: a DataLoader whose position is saved with the checkpoint.
 
 Plain torch: the Lightning side of an exact resume (random generators, the hand-over of the loader state) is
@@ -18,6 +20,7 @@ Plain torch: the Lightning side of an exact resume (random generators, the hand-
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -25,7 +28,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Sampler
 
 
 def rank_and_world_size(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -162,15 +165,91 @@ class SeededSamples(Dataset):
         if not isinstance(item, tuple):
             return self.dataset[item]
         index, seed = item
-        # The CPU generator alone, which the transforms draw from: torch.manual_seed would also queue a seeding of
-        # every CUDA device, at 40x the cost per sample.
-        generator = torch.default_generator
-        state = generator.get_state()
-        generator.manual_seed(seed)
-        try:
+        with torch_seeded(seed):
             return self.dataset[index]
-        finally:
-            generator.set_state(state)
+
+
+@contextlib.contextmanager
+def torch_seeded(seed: int) -> Iterator[None]:
+    """Within the block, torch's CPU generator is seeded with ``seed``; its state is put back afterwards."""
+    # The CPU generator alone, which the transforms draw from: torch.manual_seed would also queue a seeding of
+    # every CUDA device, at 40x the cost per sample.
+    generator = torch.default_generator
+    state = generator.get_state()
+    generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        generator.set_state(state)
+
+
+class ResumableStream(IterableDataset):
+    """An ``IterableDataset`` that serves an epoch from a saved position, as a ``ResumableLoader``'s dataset.
+
+    DataLoader workers hold copies of the dataset (persistent ones made once, at the first epoch), so the epoch and
+    the position live in a shared-memory tensor that every copy reads when its iteration starts: ``[epoch, segments,
+    then 4 numbers per segment]``. A segment is a stretch of the epoch run on one number of ranks: (world size, batch
+    size, samples per rank, batches done); more than one after an elastic resume (``vit_exp.data.stream``).
+    Subclasses set ``batch_size`` and ``world_size`` and read ``epoch`` and ``segments()`` in ``__iter__``.
+    """
+
+    MAX_SEGMENTS = 8
+    batch_size: int
+    world_size: int
+
+    def __init__(self) -> None:
+        self._shared = torch.zeros(2 + 4 * self.MAX_SEGMENTS, dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._shared[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self._shared[1:] = 0  # a resume position belongs to the epoch it was saved in
+        self._shared[0] = epoch
+
+    def segments(self) -> list[tuple[int, int, int, int]]:
+        """The epoch's earlier stretches on other numbers of ranks, then the current one's (its 4th: batches done)."""
+        values = self._shared.tolist()
+        return [tuple(values[2 + 4 * i : 6 + 4 * i]) for i in range(values[1])]  # type: ignore[misc]
+
+    @property
+    def start(self) -> int:
+        """Batches of the current epoch already consumed (all segments together)."""
+        return sum(done for *_, done in self.segments())
+
+    def resume(self, epoch: int, segments: list[tuple[int, int, int, int]]) -> None:
+        """Make the next iteration the rest of ``epoch`` after ``segments``."""
+        if len(segments) > self.MAX_SEGMENTS:
+            raise ValueError(f"{len(segments)} resumes on other numbers of ranks within one epoch; at most {self.MAX_SEGMENTS}")
+        self._shared.zero_()
+        self._shared[0], self._shared[1] = epoch, len(segments)
+        for i, segment in enumerate(segments):
+            self._shared[2 + 4 * i : 6 + 4 * i] = torch.tensor(segment)
+
+    def place(self) -> None:
+        """Take this process's place among the ranks, if not yet done (the loader calls it in the main process)."""
+
+    def plan_resume(self, epoch: int, segments: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+        """The segments to resume with, given the saved ones (the last one's batches done filled in): the same when
+        the world size and batch size are unchanged; subclasses add a segment for an elastic resume."""
+        return segments
+
+
+class _EpochSampler(Sampler):
+    """The placeholder sampler of a DataLoader over an IterableDataset (endless None) that hands ``set_epoch``, which
+    Lightning calls on the loader's samplers at each epoch's start, to the dataset."""
+
+    def __init__(self, dataset: ResumableStream) -> None:
+        self.dataset = dataset
+
+    def __iter__(self) -> Iterator[None]:
+        while True:
+            yield None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
 
 
 class ResumableLoader(DataLoader):
@@ -185,22 +264,58 @@ class ResumableLoader(DataLoader):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._position = 0  # batches of the current epoch yielded so far
+        if isinstance(self.dataset, ResumableStream):
+            self.dataset.place()  # made after the process group started, unlike the data set
+            if self.dataset.batch_size != self.batch_size:
+                raise ValueError(
+                    f"the stream deals batches of {self.dataset.batch_size} to the loader workers but the loader's "
+                    f"batch_size is {self.batch_size}; give the source the loader's batch_size"
+                )
+            # Lightning calls set_epoch on the loader's samplers, and a loader over an IterableDataset takes none
+            self.batch_sampler.sampler = _EpochSampler(self.dataset)
 
     def __iter__(self) -> Iterator[Any]:  # a generator: the sampler is read at the first batch, after set_epoch
-        sampler = self.sampler
-        start = sampler.start if isinstance(sampler, ResumableSampler) else 0
-        self._position = start // self.batch_size
+        self._position = self.start_position()
         for batch in super().__iter__():
             self._position += 1
             yield batch
 
-    def state_dict(self) -> dict[str, int]:
+    def start_position(self) -> int:
+        """Batches of the current epoch already trained on when its iteration starts (after a resume, not 0)."""
+        if isinstance(self.dataset, ResumableStream):
+            return self.dataset.start
+        sampler = self.sampler
+        return (sampler.start if isinstance(sampler, ResumableSampler) else 0) // self.batch_size
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.state_dict_at(self._position)
+
+    def state_dict_at(self, position: int) -> dict[str, Any]:
+        """The state to resume from after ``position`` batches of the current epoch; ``state_dict`` is this at the
+        batches yielded so far. A wrapper that prefetches (torch_xla's ``MpDeviceLoader``) gives the batches it
+        handed on (``vit_exp.xla.ResumableMpDeviceLoader``)."""
+        if isinstance(self.dataset, ResumableStream):
+            *done, (world, batch, samples, _) = self.dataset.segments() or [(*self._segment(), 0)]
+            finished = sum(d for *_, d in done)
+            return {"epoch": self.dataset.epoch, "batches": position,
+                    "segments": [list(s) for s in done] + [[world, batch, samples, position - finished]]}  # fmt: skip
         if not isinstance(self.sampler, ResumableSampler):
             return {}
-        return {"epoch": self.sampler.epoch, "batches": self._position}
+        return {"epoch": self.sampler.epoch, "batches": position}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def _segment(self) -> tuple[int, int, int]:
+        stream = self.dataset
+        return stream.world_size, stream.batch_size, len(stream)  # type: ignore[arg-type]
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         if not state:
+            return
+        if isinstance(self.dataset, ResumableStream):
+            if "segments" not in state:  # saved by a map-style loader: another data set
+                warnings.warn("the checkpoint's train loader position is not a stream's: the epoch restarts")
+                return
+            segments = [tuple(int(v) for v in s) for s in state["segments"]]
+            self.dataset.resume(state["epoch"], self.dataset.plan_resume(state["epoch"], segments))  # type: ignore[arg-type]
             return
         if not isinstance(self.sampler, ResumableSampler):
             if rank_and_world_size()[0] == 0:  # once per job, not once per rank
@@ -220,7 +335,7 @@ def resumable_loader(
     augmented with its own seed (``SeededSamples``).
 
     Args:
-        dataset: A map-style data set.
+        dataset: A map-style data set, or a ``ResumableStream`` (which orders itself: seed and sampler unused).
         batch_size: Images per process and step.
         seed: Seed of the order; None: the training seed (``PL_GLOBAL_SEED``, set by ``seed_everything``), as
             Lightning's own distributed sampler does.
@@ -228,12 +343,14 @@ def resumable_loader(
             share. It is made to yield keyed indices, which the ``SeededSamples`` wrapper here reads.
         **kwargs: Other ``DataLoader`` arguments (num_workers, drop_last, pin_memory, ...).
     """
-    rank, world_size = rank_and_world_size()
     seed = int(os.environ.get("PL_GLOBAL_SEED", "0")) if seed is None else seed
-    if sampler is None:
-        sampler = ResumableSampler(dataset, num_replicas=world_size, rank=rank, seed=seed)
-    sampler.keyed = True
     # Its own generator: creating the iterator then draws no number from the global RNG, whose state ExactResume
     # restores on resume and which dropout and drop-path use.
     generator = torch.Generator().manual_seed(seed)
+    if isinstance(dataset, ResumableStream):  # it orders itself; a loader over an IterableDataset takes no sampler
+        return ResumableLoader(dataset, batch_size=batch_size, generator=generator, **kwargs)
+    rank, world_size = rank_and_world_size()
+    if sampler is None:
+        sampler = ResumableSampler(dataset, num_replicas=world_size, rank=rank, seed=seed)
+    sampler.keyed = True
     return ResumableLoader(SeededSamples(dataset), batch_size=batch_size, sampler=sampler, generator=generator, **kwargs)

@@ -4,15 +4,17 @@ Tar shards follow timm's imagenet-1k-wds layout: one sample per key, e.g. `n0001
 (an integer) or `n0001.json` ({"labels": [ids]} for multi-label). Parquet shards hold one row per
 sample: encoded image bytes (or a Hugging Face {"bytes", "path"} struct) and an int or list label.
 
-Each rank reads its own shards (shard i goes to rank i % world_size) and each DataLoader worker its
-own part of those, so no sample is read twice within an epoch until a worker has been through all of
-its shards. Training repeats the stream to a fixed number of samples per rank, so every DDP rank runs
-the same number of batches.
+Training (``resumable=True``, the default) reads by index, in an order that is a function of (seed, epoch) and
+resumes mid-epoch exactly (``vit_exp.data.stream``). Otherwise, and for evaluation, each rank streams its own shards
+(shard i goes to rank i % world_size) and each DataLoader worker its own part of those; a training stream goes
+through a shuffle buffer and restarts its epoch on resume. Training runs a fixed number of samples per rank
+(repeating the data if need be), so every DDP rank runs the same number of batches.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -23,6 +25,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from vit_exp.data._bad_images import BAD_IMAGE_ERRORS, BadImages, decode
 from vit_exp.data.order import rank_and_world_size
+from vit_exp.data.shard_index import build_indices
 from vit_exp.data.transforms import Transform, open_image
 
 Sample = dict[str, Any]
@@ -219,6 +222,11 @@ class ShardSource:
         rank: This process's rank; with world_size, overrides torch.distributed.
         world_size: Number of processes splitting the shards.
         strict: Raise on an unreadable image instead of skipping it (see `num_skipped`).
+        resumable: Train in the indexed, resumable order (local tar files, or parquet anywhere pyarrow reads);
+            False streams the shards through the shuffle buffer (any URL webdataset opens; no exact resume).
+        mix: Resumable order: shards interleaved at a time (each worker keeps this many open).
+        window: Resumable order: consecutive samples shuffled together.
+        index_dir: Where tar shard indices are cached (None: ~/.cache/vit_exp/shard_index).
     """
 
     def __init__(
@@ -235,6 +243,10 @@ class ShardSource:
         rank: int | None = None,
         world_size: int | None = None,
         strict: bool = False,
+        resumable: bool = True,
+        mix: int = 8,
+        window: int = 1024,
+        index_dir: str | Path | None = None,
     ) -> None:
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}; make them agree")
@@ -249,6 +261,8 @@ class ShardSource:
         self.batch_size = batch_size
         self.rank, self.world_size = rank, world_size
         self._bad = BadImages(strict)
+        self.resumable, self.mix, self.window = resumable, mix, window
+        self.index_dir = Path(index_dir or "~/.cache/vit_exp/shard_index").expanduser()
 
     @classmethod
     def from_index(cls, index: str | Path, **overrides: Any) -> ShardSource:
@@ -279,6 +293,10 @@ class ShardSource:
     def num_skipped(self) -> int:
         """Unreadable images skipped so far, all splits and DataLoader workers together."""
         return self._bad.num_skipped
+
+    def skip(self, name: str, error: Exception) -> None:
+        """Count an unreadable sample and warn, or raise naming it (strict)."""
+        self._bad.skip(name, error)
 
     def target(self, label: int | list[int]) -> int | torch.Tensor:
         """A parsed label -> an int id (single-label) or a multi-hot float vector (multi-label)."""
@@ -313,13 +331,15 @@ class ShardSource:
         if split not in self.urls:
             raise ValueError(f"no shards for split {split!r}; add urls.{split} (this source has {sorted(self.urls)})")
         shards = expand_urls(self.urls[split])
+        total = self.samples_per_epoch.get(split)
+        if split == "train" and self.resumable and total is not None:  # placed among the ranks later, by its loader
+            return self._resumable(shards, transform, total)
         rank, world_size = rank_and_world_size(self.rank, self.world_size)
         if len(shards) < world_size:
             raise ValueError(
                 f"split {split!r} has {len(shards)} shards for {world_size} ranks; every rank needs its own "
                 "shards: write more, smaller shards (convert --shard-size)"
             )
-        total = self.samples_per_epoch.get(split)
         if split == "train" and total is None:
             raise ValueError(
                 "set samples_per_epoch.train (e.g. the train count in the index.json written by "
@@ -335,3 +355,13 @@ class ShardSource:
                     f"samples_per_epoch.{split}={total} leaves no full batch per rank for {world_size} ranks; raise it"
                 )
         return ShardDataset(self, shards[rank::world_size], transform, per_rank, shuffle=split == "train", split=split)
+
+    def _resumable(self, shards: list[str], transform: Transform | None, total: int) -> Any:
+        from vit_exp.data.stream import ResumableShards
+
+        # the training seed (seed_everything sets it), as the map-style order takes it (vit_exp.data.order)
+        seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
+        indices = build_indices(shards, self.index_dir, self._bad)
+        return ResumableShards(
+            self, indices, transform, total, self.rank, self.world_size, self.batch_size or 1, seed, self.mix, self.window
+        )  # batch_size: the unit dealt to loader workers (the datamodule passes the loader's; 1 for plain iteration)

@@ -214,6 +214,16 @@ class TrainTransform:
                 num_ops=num_ops, magnitude=magnitude, interpolation=InterpolationMode.BILINEAR
             )
 
+    def draw(self, width: int, height: int) -> tuple[tuple[int, int, int, int], bool]:
+        """This image's random parameters, from torch's RNG: ((left, top, box_width, box_height), flip).
+
+        The one place they are drawn, in this order, for host decoding (``__call__``) and for device decoding
+        (``vit_exp.data.device_decode``, which draws them in the loader worker and sends them with the bytes), so
+        that both see the same crop and flip for the same sample seed.
+        """
+        box = self._crop_box(width, height)
+        return box, bool(self.hflip and torch.rand(()) < self.hflip)
+
     def _crop_box(self, width: int, height: int) -> tuple[int, int, int, int]:
         """(left, top, box_width, box_height) in source pixels, drawn from torch's RNG."""
         if self.crop == "inception":
@@ -229,7 +239,7 @@ class TrainTransform:
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         width, height = img.size
-        left, top, w, h = self._crop_box(width, height)
+        (left, top, w, h), flip = self.draw(width, height)
         # Decode only as many pixels as the crop needs: the box must keep >= img_size pixels per side.
         factor = min(w, h) / self.img_size
         img = load_image(img, (math.ceil(width / factor), math.ceil(height / factor)) if factor >= 2 else None)
@@ -238,7 +248,7 @@ class TrainTransform:
         x = to_uint8_tensor(img.crop(box))
         # v2's resize keeps uint8 (v1 casts to float and is ~4x slower)
         x = F2.resize(x, [self.img_size, self.img_size], self.interpolation, antialias=True)
-        if self.hflip and torch.rand(()) < self.hflip:
+        if flip:
             x = x.flip(-1)
         if self.randaugment is not None:
             x = self.randaugment(x)

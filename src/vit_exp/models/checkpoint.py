@@ -206,7 +206,8 @@ def adapt_state_dict(
     - a linear patch projection (legacy timm ViT-S/16, trained before conv patchification) becomes a conv;
     - the position embedding is resampled to the model's grid (bicubic + antialias as timm's ``.pth``
       path; its ``.npz`` path uses bilinear without antialias);
-    - a head (or pre-logits layer) of another size is dropped with a warning, keeping the model's fresh one.
+    - a head (distillation head, pre-logits layer) of another size is dropped with a warning, keeping the
+      model's fresh one.
     """
     model_sd = model.state_dict()
     sd = dict(sd)
@@ -218,13 +219,15 @@ def adapt_state_dict(
         pe = sd["pos_embed"]
         if pe.ndim == 2:
             pe = pe.unsqueeze(0)
-        # A square token count has no class-token entry (big_vision "gap" models); otherwise one does.
-        ckpt_prefix = 0 if math.isqrt(pe.shape[1]) ** 2 == pe.shape[1] else 1
+        # A square token count has no class-token entry (big_vision "gap" models); otherwise one does, and DeiT's
+        # distilled models a second one, for their distillation token.
+        ckpt_prefix = 2 if "dist_token" in sd else 0 if math.isqrt(pe.shape[1]) ** 2 == pe.shape[1] else 1
         new = resample_pos_embed(pe, model.grid_size, ckpt_prefix, interpolation, antialias)
-        new = new[:, ckpt_prefix - model.num_prefix_tokens :] if ckpt_prefix > model.num_prefix_tokens else new
+        if ckpt_prefix > model.num_prefix_tokens:  # the model's prefix tokens come first; the others go
+            new = torch.cat([new[:, : model.num_prefix_tokens], new[:, ckpt_prefix:]], dim=1)
         log.info("resampled position embedding %s -> %s", tuple(pe.shape), tuple(new.shape))
         sd["pos_embed"] = new
-    for layer in ("head", "pre_logits.fc"):
+    for layer in ("head", "head_dist", "pre_logits.fc"):
         keys = [k for k in sd if k.startswith(layer + ".")]
         if keys and any(k not in model_sd or sd[k].shape != model_sd[k].shape for k in keys):
             ckpt_shape = tuple(sd[layer + ".weight"].shape) if layer + ".weight" in sd else None
@@ -268,7 +271,7 @@ def load_state_dict(
     """
     sd = adapt_state_dict(sd, model, interpolation=interpolation, antialias=antialias)
     model_sd = model.state_dict()
-    dropped_heads = {k for k in model_sd if k.startswith(("head.", "pre_logits.")) and k not in sd}
+    dropped_heads = {k for k in model_sd if k.startswith(("head.", "head_dist.", "pre_logits.")) and k not in sd}
     missing = sorted(set(model_sd) - set(sd) - dropped_heads)
     unexpected = sorted(set(sd) - set(model_sd))
     mismatched = sorted(k for k in set(sd) & set(model_sd) if sd[k].shape != model_sd[k].shape)

@@ -17,6 +17,9 @@ from torch import nn
 class PatchEmbed(nn.Module):
     """Image to patch tokens: a conv with kernel = stride = patch size.
 
+    ``flexi`` (FlexiViT, ``vit_exp.models.flexi.make_flexible``) runs it at another patch size: the stored kernel
+    PI-resized to that size. None (the default) runs the stored kernel as it is.
+
     Args:
         img_size: Input resolution (square).
         patch_size: Patch side in pixels; must divide ``img_size``.
@@ -36,10 +39,14 @@ class PatchEmbed(nn.Module):
         self.grid_size = (img_size // patch_size, img_size // patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.flexi: nn.Module | None = None  # a vit_exp.models.flexi.PatchSizes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x, self.img_size)
-        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
+        if self.flexi is None or self.flexi.patch_size == self.patch_size:
+            return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
+        p = self.flexi.patch_size
+        return F.conv2d(x, self.flexi.kernel(self.proj.weight), self.proj.bias, stride=p).flatten(2).transpose(1, 2)
 
 
 def check_input_size(x: torch.Tensor, img_size: int) -> None:

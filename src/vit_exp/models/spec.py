@@ -46,6 +46,7 @@ ARCH_OVERRIDES = {
     "qkv_bias": "qkvb",
     "class_token": "cls",
     "global_pool": "",
+    "distilled": "dist",
 }
 TRAINING_OVERRIDES = {"drop_rate", "attn_drop_rate", "drop_path_rate", "head_bias_init"}
 OVERRIDABLE = {"patch_size", *ARCH_OVERRIDES, *TRAINING_OVERRIDES}
@@ -227,6 +228,7 @@ def create_model(
     img_size: int | None = None,
     pretrained: str | Path | None = None,
     grad_checkpointing: bool = False,
+    flexi: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> VisionTransformer:
     """Build a ViT from a ``ModelSpec`` or by name, optionally loading a local checkpoint.
@@ -241,6 +243,7 @@ def create_model(
         img_size: Input resolution; a checkpoint trained at another one has its position embedding resampled.
         pretrained: Path of a local checkpoint (.pth, .bin, .safetensors, .npz, or a vit_exp .ckpt).
         grad_checkpointing: Recompute block activations in backward to save memory.
+        flexi: FlexiViT: run at other patch sizes (``vit_exp.models.flexi.make_flexible``'s arguments).
         **overrides: Architecture arguments that papers vary (``patch_size``, ``global_pool``,
             ``class_token``, ``representation_size``, ``drop_rate``, ``attn_drop_rate``, ``drop_path_rate``,
             ``in_chans``, ``head_bias_init``, ``depth``, ``embed_dim``, ``num_heads``, ...).
@@ -266,4 +269,8 @@ def create_model(
 
         load_checkpoint(model, pretrained)
     model.set_grad_checkpointing(grad_checkpointing)
+    if flexi:
+        from vit_exp.models.flexi import make_flexible
+
+        make_flexible(model, **flexi)
     return model

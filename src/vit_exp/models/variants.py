@@ -1,6 +1,7 @@
 """The variant table: architectures as data, published weight files beside them, and their names.
 
-Architectures follow Table 1 of Dosovitskiy et al. (2020) (ViT-B, L, H) and timm's additions (Ti, S). A name is
+Architectures follow Table 1 of Dosovitskiy et al. (2020) (ViT-B, L, H), timm's additions (Ti, S) and DeiT's
+distilled models (Touvron et al. 2021: a distillation token and a second head, timm's ``deit_*_distilled``). A name is
 a family plus patch size and resolution (``vit_base_patch16_384``); a published file is keyed by ``arch.tag``
 as timm keys it (``vit_base_patch16_384.orig_in21k_ft_in1k``), with its file name, hash and the model card's
 ImageNet top-1/top-5. Resolving a name into one model (``ModelSpec``) is ``vit_exp.models.spec``'s job.
@@ -40,12 +41,21 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "vit_huge": dict(embed_dim=1280, depth=32, num_heads=16, patch_size=14),
     # R50+ViT-B/16: ResNet stages (3, 4, 9) give stride 16, so the "patch" is fixed at 16.
     "vit_base_r50": dict(embed_dim=768, depth=12, num_heads=12, hybrid_layers=(3, 4, 9)),
+    # DeiT-Ti, S, B with the distillation token (Touvron et al. 2021, Table 1): ViT-Ti, S (AugReg's), B plus a
+    # token and a head. Any other family takes it as an override too (model.distilled=true).
+    "deit_tiny_distilled": dict(embed_dim=192, depth=12, num_heads=3, distilled=True),
+    "deit_small_distilled": dict(embed_dim=384, depth=12, num_heads=6, distilled=True),
+    "deit_base_distilled": dict(embed_dim=768, depth=12, num_heads=12, distilled=True),
 }
 HYBRID_STRIDE = 16
 DEFAULT_PATCH, DEFAULT_RES = 16, 224
 
-# Input normalisation by family: the legacy ViT-S/16 was trained on ImageNet's statistics, the rest on [-1, 1].
-FAMILY_MEAN_STD: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {"vit_small": (IMAGENET_MEAN, IMAGENET_STD)}
+# Input normalisation by family: the legacy ViT-S/16 and DeiT were trained on ImageNet's statistics, the rest on
+# [-1, 1].
+FAMILY_MEAN_STD: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    family: (IMAGENET_MEAN, IMAGENET_STD)
+    for family in ("vit_small", "deit_tiny_distilled", "deit_small_distilled", "deit_base_distilled")
+}
 
 
 def family_mean_std(family: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -89,6 +99,10 @@ class Weights:
         return m.group(1) if m else None
 
 
+DEIT_RELEASE = "https://dl.fbaipublicfiles.com/deit/"
+AUGREG_RELEASE = "https://storage.googleapis.com/vit_models/augreg/"
+
+
 def _jx(arch: str, file: str, top1: float, top5: float) -> Weights:
     # timm's tag for the paper's ImageNet-21k pretrained, ImageNet-1k fine-tuned release
     return Weights(arch, "orig_in21k_ft_in1k", file, JX_RELEASE + file, top1, top5)
@@ -103,6 +117,20 @@ _WEIGHTS = [
     _jx("vit_base_resnet50_384", "jx_vit_base_resnet50_384-9fd3c705.pth", 84.99, 97.30),
     _jx("vit_large_patch16_224", "jx_vit_large_p16_224-4ee7a4dc.pth", 83.06, 96.44),
     _jx("vit_large_patch16_384", "jx_vit_large_p16_384-b3be5167.pth", 85.17, 97.36),
+    # DeiT's distilled releases (facebookresearch/deit; timm's tag fb_in1k); top-1/top-5 as timm's
+    # results-imagenet.csv measures them (the paper, Table 5: 74.5, 81.2, 83.4, 85.2).
+    *(Weights(arch, "fb_in1k", file, DEIT_RELEASE + file, top1, top5) for arch, file, top1, top5 in [
+        ("deit_tiny_distilled_patch16_224", "deit_tiny_distilled_patch16_224-b40b3cf7.pth", 74.54, 91.90),
+        ("deit_small_distilled_patch16_224", "deit_small_distilled_patch16_224-649709d9.pth", 81.20, 95.38),
+        ("deit_base_distilled_patch16_224", "deit_base_distilled_patch16_224-df68dfff.pth", 83.38, 96.49),
+        ("deit_base_distilled_patch16_384", "deit_base_distilled_patch16_384-d0272ac0.pth", 85.44, 97.33),
+    ]),
+    # "How to train your ViT" (Steiner et al. 2021): the recommended ImageNet-21k B/16, fine-tuned on ImageNet-1k at
+    # 384 (lr 0.01, 20k steps; experiment=augreg_b16_i21k_to_i1k_384); timm's results-imagenet.csv: 86.01 / 98.00.
+    Weights("vit_base_patch16_384", "augreg_in21k_ft_in1k",
+            "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_384.npz",
+            AUGREG_RELEASE + "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01"
+            "-res_384.npz", 86.01, 98.00),
 ]
 WEIGHTS: dict[str, Weights] = {w.name: w for w in _WEIGHTS}  # "arch.tag" -> file; the first of an arch is its default
 
@@ -142,6 +170,10 @@ ARCHS: dict[str, Arch] = dict(
         _arch("vit_small_augreg", 16, 384),
         _arch("vit_test", 4, 32),
         _arch("vit_micro", 4, 32),
+        _arch("deit_tiny_distilled", 16, 224),
+        _arch("deit_small_distilled", 16, 224),
+        _arch("deit_base_distilled", 16, 224),
+        _arch("deit_base_distilled", 16, 384),
     ]
 )
 

@@ -1,7 +1,7 @@
 """The Vision Transformer (Dosovitskiy et al., 2020), parameter-compatible with timm's ``VisionTransformer``.
 
-Read top to bottom: embed patches, prepend the class token, add position embeddings, run the encoder
-blocks, normalise, pool, (optionally) the pre-logits layer, classify. Torch only.
+Read top to bottom: embed patches, prepend the class token (and DeiT's distillation token), add position
+embeddings, run the encoder blocks, normalise, pool, (optionally) the pre-logits layer, classify. Torch only.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from torch.utils.checkpoint import checkpoint
 
 from vit_exp.models.layers import Block, PatchEmbed
 from vit_exp.models.resnet import HybridEmbed
+
+Logits = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # a distilled model in training: (class, distillation)
 
 
 class VisionTransformer(nn.Module):
@@ -42,6 +44,9 @@ class VisionTransformer(nn.Module):
         drop_path_rate: Stochastic depth, rising linearly to this value over the blocks.
         hybrid_layers: ResNet stages of a hybrid patch embedding, e.g. (3, 4, 9); None for pixel patches.
         head_bias_init: Initial head bias (-10 for sigmoid multi-label pretraining, as big_vision does).
+        distilled: DeiT's distillation token and second head (``head_dist``), as timm's
+            ``VisionTransformerDistilled``: in training with ``distilled_training`` set, ``forward`` returns
+            (class-head logits, distillation-head logits); otherwise their mean.
     """
 
     def __init__(
@@ -65,18 +70,25 @@ class VisionTransformer(nn.Module):
         drop_path_rate: float = 0.0,
         hybrid_layers: Sequence[int] | None = None,
         head_bias_init: float = 0.0,
+        distilled: bool = False,
     ) -> None:
         super().__init__()
         if global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
         if global_pool == "token" and not class_token:
             raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg' without one")
+        if distilled and (global_pool != "token" or representation_size):
+            raise ValueError(
+                "distilled=True reads the class and distillation tokens: use global_pool='token', no "
+                "representation_size"
+            )
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.embed_dim = embed_dim
-        self.num_prefix_tokens = 1 if class_token else 0
+        self.num_prefix_tokens = (1 if class_token else 0) + (1 if distilled else 0)
         self.grad_checkpointing = False
+        self.distilled_training = False  # set_distilled_training(True): training returns both heads' logits
 
         if hybrid_layers:
             self.patch_embed: nn.Module = HybridEmbed(img_size, in_chans, embed_dim, hybrid_layers)
@@ -84,6 +96,7 @@ class VisionTransformer(nn.Module):
             self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if distilled else None
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + self.num_prefix_tokens, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
 
@@ -107,6 +120,7 @@ class VisionTransformer(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head_bias_init = head_bias_init
         self.head: nn.Module = nn.Identity()
+        self.head_dist: nn.Module | None = nn.Identity() if distilled else None
         self.reset_classifier(num_classes)
         self._init_weights()
 
@@ -114,6 +128,8 @@ class VisionTransformer(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
+        if self.dist_token is not None:
+            nn.init.trunc_normal_(self.dist_token, std=0.02)  # timm's VisionTransformerDistilled
         for name, m in self.named_modules():
             if isinstance(m, nn.Linear) and not name.startswith("head"):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -121,14 +137,25 @@ class VisionTransformer(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head with a fresh one for ``num_classes`` (0 removes it)."""
+        """Replace the head (and the distillation head) with a fresh one for ``num_classes`` (0 removes it)."""
         self.num_classes = num_classes
+        self.head = self._new_head(num_classes)
+        if self.head_dist is not None:
+            self.head_dist = self._new_head(num_classes)
+
+    def _new_head(self, num_classes: int) -> nn.Module:
         if num_classes <= 0:
-            self.head = nn.Identity()
-            return
-        self.head = nn.Linear(self.num_features, num_classes)
-        nn.init.trunc_normal_(self.head.weight, std=0.02)
-        nn.init.constant_(self.head.bias, self.head_bias_init)
+            return nn.Identity()
+        head = nn.Linear(self.num_features, num_classes)
+        nn.init.trunc_normal_(head.weight, std=0.02)
+        nn.init.constant_(head.bias, self.head_bias_init)
+        return head
+
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """Training returns (class logits, distillation logits) for a distillation loss (a distilled model only)."""
+        if self.dist_token is None:
+            raise ValueError("set_distilled_training needs a distilled model (distilled=True: a deit_*_distilled)")
+        self.distilled_training = enable
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass: less memory, ~30% more compute."""
@@ -140,12 +167,16 @@ class VisionTransformer(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Parameters that must not be decayed although they are not biases or norms."""
-        return {"pos_embed", "cls_token"}
+        return {"pos_embed", "cls_token", "dist_token"}
 
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        return self.pos_drop(x + self.pos_embed)
+        pos_embed = self.pos_embed
+        if x.shape[1] != self.patch_embed.num_patches:  # FlexiViT at another patch size: resampled to its grid
+            pos_embed = self.patch_embed.flexi.pos_embed(pos_embed, self.num_prefix_tokens)
+        prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.dist_token) if t is not None]
+        if prefix:
+            x = torch.cat([*prefix, x], dim=1)
+        return self.pos_drop(x + pos_embed)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) to normalised tokens (B, prefix + N, D)."""
@@ -177,12 +208,22 @@ class VisionTransformer(nn.Module):
             return x[:, self.num_prefix_tokens :].mean(dim=1)
         return x[:, 0]
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Tokens to logits (B, num_classes), or to the pre-logit features (B, num_features)."""
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> Logits:
+        """Tokens to logits (B, num_classes), or to the pre-logit features (B, num_features).
+
+        A distilled model averages its two heads, except in training with ``distilled_training`` set: then the
+        pair (class head, distillation head), for DeiT's loss.
+        """
+        if self.head_dist is not None:
+            cls, dist = self.head_drop(x[:, 0]), self.head_drop(x[:, 1])
+            if pre_logits:
+                return (cls + dist) / 2
+            cls, dist = self.head(cls), self.head_dist(dist)
+            return (cls, dist) if self.distilled_training and self.training else (cls + dist) / 2
         x = self.pre_logits(self.pool(x))
         if pre_logits:
             return x
         return self.head(self.head_drop(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> Logits:
         return self.forward_head(self.forward_features(x))

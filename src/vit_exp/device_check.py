@@ -1,0 +1,319 @@
+"""Every GPU measurement of issue 13 in one call of at most 8 minutes: ``python scripts/device_check.py``.
+
+For a machine lent for minutes, on a bare image (one H200; torch, Lightning, timm; no Hydra, no network). Each part
+runs in its own process with its own time box, a failure is recorded and the next part runs; they run in the order
+of ``Sizes.boxes`` (install, the B/16 benchmarks, train.py, pytest, the larger models), within a 480 s budget:
+
+1. install the wheels that ``scripts/prepare_device.sh`` put in ``wheels/`` (Hydra, omegaconf, ..., vit_exp);
+2. ``pytest -m gpu``;
+3. ``python -m vit_exp.bench``: ViT-B/16 @ 224 (eager, then eager and compiled, ours and timm's, train and
+   inference, MFU, peak memory), ViT-B/16 @ 384 and ViT-L/16 @ 224;
+4. ``train.py`` on synthetic JPEGs written to local disk, ``hw=gpu compile=true``, host decoding and device
+   decoding (``data.decode=device``; skipped where this checkout has no such key), a few hundred steps: images/s
+   end to end (``results.json``) and the share of the loop's time spent waiting for the next batch (Lightning's
+   ``SimpleProfiler``: ``train_dataloader_next`` over it plus ``run_training_batch``).
+
+Writes ``device_check.json`` and ``device_check.md`` to ``$OUT`` (or ``--out``). ``--dry-run``: the same parts at
+tiny sizes on the CPU (vit_test, 32 px, a few steps), which a test runs. Only the standard library is imported
+here: the parts run in child processes, after the install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: src/vit_exp/device_check.py
+SITE = Path(os.environ.get("VIT_EXP_SITE", "/tmp/vit_exp_site"))  # where the carried wheels go (pip --target)
+
+
+@dataclass
+class Part:
+    """One part's outcome: ok, failed (its error, the end of its output) or skipped (why)."""
+
+    name: str
+    status: str = "ok"
+    seconds: float = 0.0
+    detail: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Sizes:
+    """The sizes of a real check and of a dry run."""
+
+    pytest: list[str]
+    benches: list[list[str]]
+    train_model: list[str]
+    images: int
+    image_side: int
+    batch: int
+    steps: int
+    workers: int
+    hw: list[str]
+    boxes: dict[str, int]
+
+
+B16 = ["--model", "vit_base_patch16_224", "--batch-size", "256", "--precision", "bf16"]
+REAL = Sizes(
+    pytest=["-m", "gpu", "tests"],
+    benches=[
+        B16,  # eager alone first: its figures (and timm's) survive a compiled run that overruns its box
+        [*B16, "--compile"],
+        ["--model", "vit_base_patch16_384", "--batch-size", "64", "--precision", "bf16", "--no-timm"],
+        ["--model", "vit_large_patch16_224", "--batch-size", "128", "--precision", "bf16", "--no-timm"],
+    ],
+    train_model=["model=vit_base_p16", "res=224"],
+    images=6000,
+    image_side=320,
+    batch=256,
+    steps=300,
+    workers=15,
+    hw=["hw=gpu", "compile=true"],
+    # seconds; the parts run in this order (the goals' figures first) and the whole stops at 480 s (--budget):
+    # what is left at the end (the larger models) is skipped, not the goals' figures
+    boxes={
+        "install": 60,
+        "bench0": 60,
+        "bench1": 170,
+        "jpegs": 40,
+        "host": 100,
+        "device": 100,
+        "pytest": 60,
+        "bench2": 40,
+        "bench3": 40,
+    },
+)
+DRY = Sizes(
+    pytest=["-m", "gpu", "tests/test_device_check.py"],
+    benches=[
+        ["--model", "vit_tiny_patch16_224", "--img-size", "32", "--batch-size", "2", "--iters", "1", "--rounds", "1"]
+        + ["--warmup", "1", "--device", "cpu", "--no-timm"]
+    ],
+    train_model=["model=vit_test", "res=32"],
+    images=40,
+    image_side=40,
+    batch=8,
+    steps=4,
+    workers=0,
+    hw=["hw=cpu"],
+    boxes={"install": 60, "bench0": 60, "jpegs": 30, "host": 90, "device": 90, "pytest": 60},
+)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    paths = [str(SITE)] if SITE.is_dir() else []
+    env["PYTHONPATH"] = os.pathsep.join([*paths, str(ROOT / "src"), env.get("PYTHONPATH", "")]).strip(os.pathsep)
+    return env
+
+
+class Clock:
+    """The check's time budget: each part gets its own box, cut to what is left of the whole."""
+
+    def __init__(self, budget: float) -> None:
+        self.start, self.budget = time.perf_counter(), budget
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def box(self, wanted: int) -> int:
+        return int(min(wanted, self.budget - self.elapsed()))
+
+
+CLOCK = Clock(480.0)
+MIN_BOX = 10  # seconds: a part with less than this left is skipped, not started
+
+
+def _run(part: Part, command: list[str], box: int, cwd: Path = ROOT, ok_codes: tuple[int, ...] = (0,)) -> str:
+    """Run ``command`` within ``box`` seconds (and what is left of the budget); a non-zero exit or the time running
+    out marks ``part`` failed, and too little time left skips it."""
+    box = CLOCK.box(box)
+    if box < MIN_BOX:
+        part.status, part.detail = "skipped", "no time left in the budget"
+        return ""
+    t0 = time.perf_counter()
+    try:
+        done = subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=box, check=False)
+        out = done.stdout + done.stderr
+        if done.returncode not in ok_codes:
+            part.status, part.detail = "failed", f"exit {done.returncode}: {_tail(out)}"
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        part.status, part.detail = "failed", f"ran past its {box} s: {_tail(out)}"
+    part.seconds = round(part.seconds + time.perf_counter() - t0, 1)
+    return out
+
+
+def _tail(text: str, lines: int = 6) -> str:
+    return " | ".join(text.strip().splitlines()[-lines:])[-1500:]
+
+
+def install(wheels: Path, sizes: Sizes) -> Part:
+    """``pip install --no-index --no-deps --target`` of every carried wheel (the image's own packages stay)."""
+    part = Part("install")
+    found = sorted(wheels.glob("*.whl")) if wheels.is_dir() else []
+    if not found:
+        part.status, part.detail = "skipped", f"no wheels in {wheels} (run scripts/prepare_device.sh first)"
+        return part
+    _run(part, [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                "--no-cache-dir", "--upgrade", "--target", str(SITE), *map(str, found)], sizes.boxes["install"])  # fmt: skip
+    part.data["wheels"] = [w.name for w in found]
+    return part
+
+
+def run_pytest(sizes: Sizes, out: Path) -> Part:
+    part = Part("pytest -m gpu")
+    # exit 5: nothing selected (a dry run's file has no GPU test)
+    text = _run(part, [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=-ra",
+                       *sizes.pytest], sizes.boxes["pytest"], ok_codes=(0, 5))  # fmt: skip
+    (out / "pytest.log").write_text(text)
+    last = text.strip().splitlines()[-1] if text.strip() else ""
+    summary = re.findall(r"(\d+) (passed|failed|skipped|deselected|errors?)", last)
+    part.data = {k: int(n) for n, k in summary}
+    return part
+
+
+def run_bench(i: int, args: list[str], sizes: Sizes, tmp: Path) -> Part:
+    part = Part(f"bench {args[1]}" + (" --compile" if "--compile" in args else ""))
+    path = tmp / f"bench{i}.json"
+    _run(part, [sys.executable, "-m", "vit_exp.bench", *args, "--json", str(path)], sizes.boxes[f"bench{i}"])
+    if path.is_file():
+        part.data = json.loads(path.read_text())
+    return part
+
+
+def write_jpegs(root: Path, sizes: Sizes) -> Part:
+    """``root/{train,val}/<class>/*.jpg``: random images (noise does not compress: a worst case for decoding)."""
+    part = Part("synthetic jpegs")
+    code = (
+        "import sys, numpy as np; from PIL import Image; from pathlib import Path; from concurrent.futures import "
+        "ProcessPoolExecutor as P\n"
+        "root, n, side = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])\n"
+        "def one(i):\n"
+        "    d = root / ('val' if i % 10 == 0 else 'train') / f'c{i % 4}'; d.mkdir(parents=True, exist_ok=True)\n"
+        "    rng = np.random.default_rng(i); small = rng.integers(0, 256, (side // 8, side // 8, 3), dtype=np.uint8)\n"
+        "    Image.fromarray(small).resize((side, side), Image.BILINEAR).save(d / f'{i}.jpg', quality=90)\n"
+        "if __name__ == '__main__':\n"
+        "    with P() as p: list(p.map(one, range(n), chunksize=64))\n"
+    )
+    _run(part, [sys.executable, "-c", code, str(root), str(sizes.images), str(sizes.image_side)], sizes.boxes["jpegs"])
+    part.data = {"images": sizes.images, "side": sizes.image_side}
+    return part
+
+
+def profile_share(text: str) -> dict[str, float]:
+    """From a ``SimpleProfiler`` report: seconds waiting for batches, seconds in training batches, and the share."""
+    totals = {}
+    for action in ("train_dataloader_next", "run_training_batch"):
+        m = re.search(rf"{action}[^|\n]*\|\s*([\d.eE+-]+)\s*\|\s*(\d+)\s*\|\s*([\d.eE+-]+)", text)
+        if m:
+            totals[action] = float(m.group(3))
+    if len(totals) < 2:
+        return {}
+    wait, step = totals["train_dataloader_next"], totals["run_training_batch"]
+    return {"wait_s": round(wait, 3), "step_s": round(step, 3), "wait_share": round(wait / (wait + step), 4)}
+
+
+def run_train(decode: str, data: Path, sizes: Sizes, tmp: Path) -> Part:
+    """``train.py`` on the JPEGs with host or device decoding for ``sizes.steps`` steps; its img/s and wait share."""
+    part = Part(f"train.py data.decode={decode}")
+    run_dir = tmp / f"train_{decode}"
+    overrides = [*sizes.hw, *sizes.train_model, "data=imagefolder", f"data.root={data}", "data.num_classes=4",
+                 f"data.decode={decode}", f"data.batch_size={sizes.batch}", f"data.num_workers={sizes.workers}",
+                 f"trainer.max_steps={sizes.steps}", "trainer.max_epochs=-1", "++trainer.limit_val_batches=2",
+                 "++trainer.limit_test_batches=2", "++trainer.enable_progress_bar=false", "callbacks.plots=null",
+                 "++trainer.profiler._target_=lightning.pytorch.profilers.SimpleProfiler",
+                 f"++trainer.profiler.dirpath={run_dir}", "++trainer.profiler.filename=profile",
+                 f"hydra.run.dir={run_dir}"]  # fmt: skip
+    train = [sys.executable, str(ROOT / "train.py")]
+    shown = subprocess.run(
+        [*train, *overrides, "--cfg", "job"], cwd=ROOT, env=_env(), capture_output=True, text=True, check=False
+    )
+    if shown.returncode != 0:
+        if decode != "host" and "decode" in shown.stdout + shown.stderr:
+            part.status, part.detail = "skipped", f"this checkout has no data.decode={decode}: {_tail(shown.stderr, 1)}"
+        else:
+            part.status, part.detail = "failed", f"the config does not compose: {_tail(shown.stdout + shown.stderr)}"
+        return part
+    _run(part, [*train, *overrides], sizes.boxes[decode])
+    results = run_dir / "results.json"
+    if results.is_file():
+        r = json.loads(results.read_text())
+        part.data = {k: r.get(k) for k in ("images_per_s", "steps", "train_seconds", "test_top1") if k in r}
+    profile = next(iter(run_dir.glob("*profile*.txt")), None)
+    if profile is not None:
+        part.data |= profile_share(profile.read_text())
+    return part
+
+
+def markdown(parts: list[Part], header: str) -> str:
+    """One table: each part, its status and time, and its main figures."""
+    lines = [f"# device check: {header}", "", "| part | status | s | figures |", "|---|---|---|---|"]
+    for p in parts:
+        figures = p.detail if p.status != "ok" else _figures(p)
+        lines.append(f"| {p.name} | {p.status} | {p.seconds:.0f} | {figures.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def _figures(p: Part) -> str:
+    if "results" in p.data:  # a benchmark
+        rows = []
+        for r in p.data["results"]:
+            mfu = f", MFU {100 * r['train_mfu']:.1f}%" if r.get("train_mfu") else ""
+            mem = f", {r['peak_mem_gib']:.1f} GiB" if r.get("peak_mem_gib") else ""
+            rows.append(f"{r['impl']}: train {r['train_ips']:.0f} img/s, infer {r['infer_ips']:.0f} img/s{mfu}{mem}")
+        return f"{p.data.get('arch')} b{p.data.get('batch_size')}: " + "; ".join(rows)
+    return ", ".join(f"{k} {v}" for k, v in p.data.items() if not isinstance(v, list))
+
+
+def main(argv: list[str] | None = None) -> list[Part]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU: the same code path, in seconds")
+    p.add_argument("--out", default=os.environ.get("OUT", "device_check_out"), help="where the JSON and table go")
+    p.add_argument("--wheels", default=str(ROOT / "wheels"), help="the wheels scripts/prepare_device.sh made")
+    p.add_argument("--tmp", default="/tmp/vit_exp_device_check", help="local disk for the JPEGs and the runs")
+    p.add_argument("--budget", type=float, default=480.0, help="seconds for the whole check (parts past it: skipped)")
+    args = p.parse_args(argv)
+    CLOCK.start, CLOCK.budget = time.perf_counter(), args.budget
+    sizes = DRY if args.dry_run else REAL
+    out, tmp = Path(args.out), Path(args.tmp)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp.mkdir(parents=True, exist_ok=True)
+    start = CLOCK.start
+    parts: list[Part] = []
+    report: dict[str, Any] = {"dry_run": args.dry_run, "python": platform.python_version(), "parts": []}
+    makers = {
+        "install": lambda: install(Path(args.wheels), sizes),
+        "bench0": lambda: run_bench(0, sizes.benches[0], sizes, tmp),
+        "jpegs": lambda: write_jpegs(tmp / "jpegs", sizes),
+        "host": lambda: run_train("host", tmp / "jpegs", sizes, tmp),
+        "device": lambda: run_train("device", tmp / "jpegs", sizes, tmp),
+        "pytest": lambda: run_pytest(sizes, out),
+        **{f"bench{i}": lambda i=i, a=a: run_bench(i, a, sizes, tmp) for i, a in enumerate(sizes.benches) if i},
+    }
+    for make in [makers[k] for k in sizes.boxes]:
+        part = make()
+        parts.append(part)
+        report["parts"] = [asdict(x) for x in parts]
+        print(f"[{time.perf_counter() - start:5.0f} s] {part.name}: {part.status} {part.detail}", flush=True)
+        (out / "device_check.json").write_text(json.dumps(report, indent=1))  # after every part: a kill keeps some
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    (out / "device_check.json").write_text(json.dumps(report, indent=1))
+    header = f"{'dry run, CPU' if args.dry_run else 'GPU'}; {report['seconds']:.0f} s; Python {report['python']}"
+    (out / "device_check.md").write_text(markdown(parts, header))
+    print(markdown(parts, header))
+    return parts
+
+
+if __name__ == "__main__":
+    main()

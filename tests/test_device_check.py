@@ -1,0 +1,64 @@
+"""The prepared GPU check (``scripts/device_check.py``) runs end to end as a CPU dry run, so that it cannot rot
+before a GPU is lent: every part runs (the carried wheels installed, pytest, the benchmark, train.py on
+synthetic JPEGs with host and device decoding) and the JSON and the Markdown table are written."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from vit_exp import device_check
+
+
+def _wheel(folder: Path) -> Path:
+    """A minimal pure-Python wheel, standing in for the ones scripts/prepare_device.sh downloads."""
+    folder.mkdir()
+    path = folder / "vit_exp_probe-0.1-py3-none-any.whl"
+    info = "vit_exp_probe-0.1.dist-info"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("vit_exp_probe.py", "OK = True\n")
+        z.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: vit_exp_probe\nVersion: 0.1\n")
+        z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(f"{info}/RECORD", "")
+    return folder
+
+
+def test_dry_run_runs_every_part_and_writes_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(device_check, "SITE", tmp_path / "site")
+    out = tmp_path / "out"
+    device_check.main(["--dry-run", "--out", str(out), "--tmp", str(tmp_path / "work"),
+                       "--wheels", str(_wheel(tmp_path / "wheels"))])  # fmt: skip
+    report = json.loads((out / "device_check.json").read_text())
+    parts = {p["name"]: p for p in report["parts"]}
+    assert report["dry_run"] and next(iter(parts)) == "install"
+    assert (tmp_path / "site" / "vit_exp_probe.py").is_file()
+    assert all(p["status"] == "ok" for name, p in parts.items() if "decode=device" not in name), parts
+    bench = parts["bench vit_tiny_patch16_224"]["data"]
+    assert bench["arch"] == "vit_tiny_patch16_32" and bench["results"][0]["train_ips"] > 0
+    host = parts["train.py data.decode=host"]["data"]
+    assert host["steps"] == 4 and host["images_per_s"] > 0 and 0 < host["wait_share"] < 1
+    # device decoding: measured where this checkout has it, reported as skipped (not failed) where not
+    assert parts["train.py data.decode=device"]["status"] in ("ok", "skipped")
+    table = (out / "device_check.md").read_text()
+    assert "| train.py data.decode=host | ok |" in table and "wait_share" in table
+
+
+def test_a_failing_part_is_recorded_and_the_check_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    part = device_check.Part("broken")
+    device_check._run(part, ["python3", "-c", "import sys; print('boom'); sys.exit(3)"], box=30)
+    assert part.status == "failed" and part.detail == "exit 3: boom"
+    slow = device_check.Part("slow")
+    device_check._run(slow, ["python3", "-c", "import time; time.sleep(30)"], box=1)
+    assert slow.status == "skipped"  # less than MIN_BOX seconds: not started
+
+
+def test_profile_share_reads_lightnings_simple_profiler() -> None:
+    report = """
+| Action                    | Mean duration (s) | Num calls | Total time (s) | Percentage % |
+| run_training_batch        |  0.03             | 100       |  3.0           |  60.0        |
+| [_TrainingEpochLoop].train_dataloader_next |  0.01 | 100 |  1.0 |  20.0 |
+"""
+    assert device_check.profile_share(report) == {"wait_s": 1.0, "step_s": 3.0, "wait_share": 0.25}

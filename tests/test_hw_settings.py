@@ -1,0 +1,114 @@
+"""The process-wide settings of a hardware profile (``vit_exp.hw``): the OpenMP wait policy reaches OpenMP (it is
+set before torch loads it), threads follow ``hw.threads``, TF32 on CUDA; bad values are one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, compose
+from vit_exp import hw
+from vit_exp.errors import ConfigError
+
+
+def _spin_count(stderr: str) -> str:
+    """libgomp's spin count as it reports it at start-up (OMP_DISPLAY_ENV=VERBOSE): '0' when threads sleep."""
+    return next(line.split("=")[1].strip(" '") for line in stderr.splitlines() if "GOMP_SPINCOUNT" in line)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    return {**env, "OMP_DISPLAY_ENV": "VERBOSE", **extra}
+
+
+def test_train_cli_puts_openmp_threads_to_sleep_before_torch_loads(tmp_path: Path) -> None:
+    """The default profile (hw=cpu) reaches OpenMP: the run below stops at its config check, after torch loaded."""
+    done = subprocess.run([sys.executable, "train.py", "trainer.max_epochs=0", f"hydra.run.dir={tmp_path}"], cwd=ROOT,
+                          env=_env(), capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert "error: trainer.max_epochs=0" in done.stderr
+    assert _spin_count(done.stderr) == "0"
+
+
+@pytest.mark.parametrize(("hw_node", "user", "spins"), [
+    ({"omp_wait_policy": "passive"}, None, "0"),
+    ({"omp_wait_policy": "passive"}, "ACTIVE", "30000000000"),  # the user's export wins
+    ({}, None, "300000"),  # no setting: OpenMP's own default (spin, then sleep)
+])  # fmt: skip
+def test_wait_policy_is_set_unless_the_user_chose(hw_node: dict, user: str | None, spins: str) -> None:
+    code = f"from vit_exp.hw import set_wait_policy; set_wait_policy({hw_node!r}); import torch"
+    env = _env(**({"OMP_WAIT_POLICY": user} if user else {}))
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert _spin_count(done.stderr) == spins
+
+
+def test_wait_policy_too_late_warns() -> None:
+    # torch is loaded in this process: the policy can no longer change
+    saved = os.environ.pop("OMP_WAIT_POLICY", None)
+    try:
+        with pytest.warns(UserWarning, match="too late: torch .* is already loaded"):
+            assert hw.set_wait_policy({"omp_wait_policy": "passive"}) is None
+        assert "OMP_WAIT_POLICY" not in os.environ
+    finally:
+        if saved is not None:
+            os.environ["OMP_WAIT_POLICY"] = saved
+
+
+def test_threads_auto_number_and_absent(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(hw, "_TORCH_DEFAULT", [8])  # torch's choice on an 8-core machine ...
+        monkeypatch.setattr(hw, "cpu_quota", lambda: 3)  # ... in a container given 3 CPUs
+        monkeypatch.setattr("vit_exp.data.datamodule.usable_cpus", lambda: 4)
+        assert hw.apply_threads({"threads": "auto"}) == 3 == torch.get_num_threads()
+        assert hw.apply_threads({"threads": 1}) == 1 == torch.get_num_threads()
+        assert hw.apply_threads(None) == 1  # no setting: left as it is
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_default_thread_count_is_torchs_here() -> None:
+    """On this machine ``auto`` keeps torch's own count: the default run's float sums stay as they were."""
+    assert hw.auto_threads(torch.get_num_threads()) == torch.get_num_threads()
+
+
+def test_cpu_quota_reads_cgroup_v2(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = Path.read_text
+    for text, want in (("150000 100000\n", 2), ("max 100000\n", None)):
+        monkeypatch.setattr(Path, "read_text", lambda self, *a, t=text: t if self.name == "cpu.max" else real(self, *a))
+        assert hw.cpu_quota() == want
+
+
+@pytest.mark.parametrize(("node", "message"), [
+    ({"threads": 0}, "hw.threads=0 is not auto or a whole number >= 1; set e.g. hw.threads=2"),
+    ({"threads": "many"}, "hw.threads=many is not auto"),
+    ({"omp_wait_policy": "sleepy"}, "hw.omp_wait_policy=sleepy is not passive or active"),
+    ({"matmul_precision": "low"}, "hw.matmul_precision=low is not one of highest, high, medium"),
+])  # fmt: skip
+def test_bad_values_are_one_line_errors(node: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        hw.set_wait_policy(node)
+
+
+def test_tf32_on_cuda_only() -> None:
+    before = torch.get_float32_matmul_precision()
+    try:
+        assert hw.apply_matmul_precision({}, "cpu") is None and torch.get_float32_matmul_precision() == before
+        assert hw.apply_matmul_precision({}, "gpu") == "high" == torch.get_float32_matmul_precision()
+        assert hw.apply_matmul_precision({"matmul_precision": "highest"}, "gpu") == "highest"
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def test_profiles_carry_the_settings(tmp_path: Path) -> None:
+    cpu = compose("train", [], tmp_path)
+    assert (cpu.hw.threads, cpu.hw.omp_wait_policy, cpu.trainer.accelerator) == ("auto", "passive", "cpu")
+    gpu = compose("train", ["hw=gpu", "hw.matmul_precision=medium"], tmp_path)
+    assert (gpu.hw.matmul_precision, gpu.trainer.precision) == ("medium", "bf16-mixed")
+    assert compose("train", ["trainer=cpu", "hw.threads=1"], tmp_path).hw.threads == 1
