@@ -190,6 +190,7 @@ KILLED = [
     pytest.param("parquet", 0, "cpu", id="parquet-0workers", marks=pytest.mark.slow),
     pytest.param("parquet", 2, "cpu", id="parquet-2workers", marks=pytest.mark.slow),
     pytest.param("tar", 0, "ddp_sim", id="tar-ddp_sim", marks=pytest.mark.slow),
+    pytest.param("parquet", 2, "ddp_sim", id="parquet-2workers-ddp_sim", marks=pytest.mark.slow),
 ]
 
 
