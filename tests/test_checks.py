@@ -172,3 +172,20 @@ def test_eval_of_a_run_uses_its_preprocessing(tiny_cfg, tmp_path: Path) -> None:
     trained = run.train(tiny_cfg("data.mean=[0.9,0.9,0.9]", "data.std=[0.05,0.05,0.05]", run_dir=tmp_path / "t"))
     evaluated = run.evaluate(tiny_cfg(f"ckpt_path={trained.checkpoint}", config_name="eval", run_dir=tmp_path / "e"))
     assert evaluated.top1 == pytest.approx(trained.top1) and evaluated.top5 == pytest.approx(trained.top5)
+
+
+def test_the_value_rules_answer_without_importing_torch() -> None:
+    """A mistyped value is answered before torch loads (about 1.5 s): the rules' tables import no heavy module."""
+    code = (
+        "import sys\n"
+        "from omegaconf import OmegaConf\n"
+        "from vit_exp.rules import check_values\n"
+        "from vit_exp.errors import ConfigError\n"
+        "try:\n"
+        "    check_values(OmegaConf.create({'distill': {'kind': 'warm'}}))\n"
+        "except ConfigError as error:\n"
+        "    assert 'distill.kind=warm is not one of soft, hard' in str(error), error\n"
+        "assert 'torch' not in sys.modules, 'the value rules imported torch'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]

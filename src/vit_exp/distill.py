@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from vit_exp.errors import ConfigError
+from vit_exp.rules import DISTILL_KINDS
 
 log = logging.getLogger(__name__)
 
-KINDS = ("soft", "hard")
+KINDS = DISTILL_KINDS  # "soft", "hard": defined with the config rules, which must not import torch
 
 
 def soft_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> torch.Tensor:

@@ -19,6 +19,7 @@ PRECISIONS = (
     "32-true", "64-true", "64", "32", "16", "bf16",
 )  # fmt: skip
 UNSET = object()
+DISTILL_KINDS = ("soft", "hard")  # vit_exp.distill's losses (conf/distill)
 
 
 def whole(v: Any) -> bool:
@@ -48,7 +49,6 @@ class Rule:
 
 
 def _rules() -> tuple[Rule, ...]:
-    from vit_exp.distill import KINDS
     from vit_exp.optim import DECAYS
     from vit_exp.scaling import RULES
 
@@ -77,7 +77,7 @@ def _rules() -> tuple[Rule, ...]:
         Rule("optim.momentum", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)", "0.9"),
         Rule("optim.layer_decay", lambda v: v is None or _number(v) and 0 < v <= 1, "a number in (0, 1] (or null)",
              "0.65"),
-        Rule("distill.kind", lambda v: v in KINDS, f"one of {', '.join(KINDS)}", "hard"),
+        Rule("distill.kind", lambda v: v in DISTILL_KINDS, f"one of {', '.join(DISTILL_KINDS)}", "hard"),
         Rule("distill.alpha", lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]", "0.5"),
         Rule("distill.tau", lambda v: _number(v) and v > 0, "a number > 0", "1.0"),
         Rule("sched.warmup_steps", lambda v: whole(v) and v >= 0, "a whole number >= 0", "100"),
