@@ -27,10 +27,11 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def test_train_cli_puts_openmp_threads_to_sleep_before_torch_loads(tmp_path: Path) -> None:
-    """The default profile (hw=cpu) reaches OpenMP: the run below stops at its config check, after torch loaded."""
-    done = subprocess.run([sys.executable, "train.py", "trainer.max_epochs=0", f"hydra.run.dir={tmp_path}"], cwd=ROOT,
+    """The default profile (hw=cpu) reaches OpenMP: the run below stops at its batch check, after torch loaded (and
+    the data with it), before any training."""
+    done = subprocess.run([sys.executable, "train.py", "data.batch_size=100000", f"hydra.run.dir={tmp_path}"], cwd=ROOT,
                           env=_env(), capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
-    assert "error: trainer.max_epochs=0" in done.stderr
+    assert "< data.batch_size=100000: no full training batch" in done.stderr
     assert _spin_count(done.stderr) == "0"
 
 
