@@ -19,10 +19,8 @@
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -111,15 +109,10 @@ class AtomicXLACheckpointIO(XLACheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same directory: os.replace is a rename
-        try:
+        from vit_exp.checkpoints.atomic import replaced_whole
+
+        with replaced_whole(path) as tmp:
             super().save_checkpoint(checkpoint, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
 
 @functools.cache  # one class: isinstance holds across calls

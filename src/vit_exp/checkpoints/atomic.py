@@ -3,8 +3,10 @@ sharded directories). Named by ``trainer.plugins`` in ``conf/train.yaml`` and by
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +34,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
-    """``torch.save(checkpoint)`` to the local file ``path``, replacing it whole or not at all (temporary file beside
-    it, fsync, ``os.replace``). Also the writer of ``vit_exp.xla.AtomicXLACheckpointIO``."""
+    """``torch.save(checkpoint)`` to the local file ``path``, replacing it whole or not at all."""
+    with replaced_whole(path) as tmp, open(tmp, "wb") as f:
+        torch.save(checkpoint, f)
+
+
+@contextlib.contextmanager
+def replaced_whole(path: str | Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` for the block to write; after the block it is fsynced and renamed over
+    ``path`` (same directory: ``os.replace`` is a rename), and an error in the block leaves ``path`` as it was and
+    no temporary file. The writer of ``save_atomically`` and of ``vit_exp.xla.AtomicXLACheckpointIO``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same directory: os.replace is a rename
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
