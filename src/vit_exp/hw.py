@@ -28,28 +28,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vit_exp.errors import ConfigError
-
 log = logging.getLogger(__name__)
 
-WAIT_POLICIES = ("passive", "active")
-MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's
 _TORCH_DEFAULT: list[int] = []  # torch's own thread count, read before the first set_num_threads
 
 
 def check(hw: Mapping[str, Any] | None) -> None:
     """Raise ``ConfigError`` for a value of ``hw.threads``, ``hw.omp_wait_policy`` or ``hw.matmul_precision`` that
-    cannot be applied."""
-    hw = hw or {}
-    threads, policy, matmul = hw.get("threads"), hw.get("omp_wait_policy"), hw.get("matmul_precision")
-    if threads is not None and threads != "auto" and not (type(threads) is int and threads >= 1):
-        raise ConfigError(f"hw.threads={threads} is not auto or a whole number >= 1; set e.g. hw.threads=2")
-    if policy is not None and policy not in WAIT_POLICIES:
-        raise ConfigError(f"hw.omp_wait_policy={policy} is not passive or active (or null); set e.g. "
-                          "hw.omp_wait_policy=passive")  # fmt: skip
-    if matmul is not None and matmul not in MATMUL_PRECISIONS:
-        raise ConfigError(f"hw.matmul_precision={matmul} is not one of {', '.join(MATMUL_PRECISIONS)} (or null); "
-                          "set e.g. hw.matmul_precision=high")  # fmt: skip
+    cannot be applied: their rules in ``vit_exp.rules``, checked on the ``hw`` node alone (before torch loads)."""
+    from omegaconf import OmegaConf
+
+    from vit_exp.rules import check_values
+
+    check_values(OmegaConf.create({"hw": dict(hw or {})}))
 
 
 def set_wait_policy(hw: Mapping[str, Any] | None) -> str | None:

@@ -20,6 +20,8 @@ PRECISIONS = (
 )  # fmt: skip
 UNSET = object()
 DISTILL_KINDS = ("soft", "hard")  # vit_exp.distill's losses (conf/distill)
+WAIT_POLICIES = ("passive", "active")  # hw.omp_wait_policy (vit_exp.hw)
+MATMUL_PRECISIONS = ("highest", "high", "medium")  # hw.matmul_precision: torch.set_float32_matmul_precision's
 
 
 def whole(v: Any) -> bool:
@@ -87,6 +89,12 @@ def _rules() -> tuple[Rule, ...]:
         Rule("lr_scaling.rule", lambda v: v in RULES, f"one of {', '.join(RULES)}", "linear"),
         Rule("lr_scaling.base_batch", lambda v: v is None or whole(v) and v >= 1, f"{count} (or null)", "512"),
         Rule("compile", lambda v: isinstance(v, bool), "true or false", "true"),
+        Rule("hw.threads", lambda v: v is None or v == "auto" or whole(v) and v >= 1,
+             "auto or a whole number >= 1", "2"),
+        Rule("hw.omp_wait_policy", lambda v: v is None or v in WAIT_POLICIES, "passive or active (or null)",
+             "passive"),
+        Rule("hw.matmul_precision", lambda v: v is None or v in MATMUL_PRECISIONS,
+             f"one of {', '.join(MATMUL_PRECISIONS)} (or null)", "high"),
         Rule("model.flexi.patch_sizes", lambda v: v is None or isinstance(v, ListConfig) and len(v) > 0
              and all(whole(p) and p >= 1 for p in v), "a list of patch sizes (or null: the model's only)", "[2,4,8]"),
         Rule("model.flexi.eval_patch_size", lambda v: v is None or whole(v) and v >= 1,
