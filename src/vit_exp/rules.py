@@ -20,6 +20,7 @@ PRECISIONS = (
 )  # fmt: skip
 UNSET = object()
 DISTILL_KINDS = ("soft", "hard")  # vit_exp.distill's losses (conf/distill)
+DECODES = ("host", "device")  # data.decode: where JPEGs are decoded (vit_exp.data.device_decode)
 WAIT_POLICIES = ("passive", "active")  # hw.omp_wait_policy (vit_exp.hw)
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # hw.matmul_precision: torch.set_float32_matmul_precision's
 
@@ -73,7 +74,7 @@ def _rules() -> tuple[Rule, ...]:
         Rule("data.eval_batch_size", lambda v: v is None or whole(v) and v >= 1, f"{count} (or null)", "256"),
         Rule("data.num_workers", lambda v: whole(v) and v >= 0, "a whole number >= 0", "4"),
         Rule("data.repeated_aug", lambda v: whole(v) and v >= 1, f"{count} (1: off)", "3"),
-        Rule("data.decode", lambda v: v in ("host", "device"), "host or device", "device"),
+        Rule("data.decode", lambda v: v in DECODES, " or ".join(DECODES), "device"),
         Rule("optim.lr", lambda v: _number(v) and v > 0, "a number > 0", "1e-3"),
         Rule("optim.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0", "0.05"),
         Rule("optim.momentum", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)", "0.9"),

@@ -11,11 +11,12 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from vit_exp.data.device_decode import DECODES, DeviceDecode, EncodedBatch, ReadEncoded, collate_encoded
+from vit_exp.data.device_decode import DeviceDecode, EncodedBatch, ReadEncoded, collate_encoded
 from vit_exp.data.erasing import RandomErasing
 from vit_exp.data.order import RepeatedAugSampler, ResumableStream, rank_and_world_size, resumable_loader
 from vit_exp.data.transforms import Transform, build_eval_transform, build_train_transform, normalize
 from vit_exp.errors import ConfigError
+from vit_exp.rules import DECODES
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,6 @@ from vit_exp.data._bad_images import BadImages
 from vit_exp.data.transforms import INTERPOLATIONS, EvalTransform, TrainTransform, load_image, to_uint8_tensor
 from vit_exp.errors import ConfigError
 
-DECODES = ("host", "device")
 # PIL modes of the JPEGs sent to the device: YCbCr ("RGB") and greyscale; nvJPEG has no CMYK/YCCK output.
 DEVICE_MODES = ("RGB", "L")
 # What torch's tensor resize offers (PIL's box, hamming and lanczos filters have no tensor kernel).
