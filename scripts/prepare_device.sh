@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Wheels for the GPU machine's bare image (Python 3.12, manylinux x86_64; torch, Lightning, timm, pytest,
-# scikit-learn, matplotlib already there; no Hydra, no network), into the git-ignored wheels/ (< 64 MiB: what a
-# device call may carry). Versions are this environment's, so the device runs what was tested here.
+# scikit-learn, matplotlib already there; no Hydra, no TorchCodec, no network), into the git-ignored wheels/
+# (< 64 MiB: what a device call may carry). Versions are this environment's, so the device runs what was tested here.
 #   bash scripts/prepare_device.sh [PYTHON]      then, on the device: python3 scripts/device_check.py
 # Left out: wandb (logger=wandb, ~20 MiB), datasets (data=hf), hydra-submitit-launcher (launcher=slurm).
 set -euo pipefail
@@ -11,7 +11,7 @@ version() { "$PY" -c "import importlib.metadata as m; print(m.version('$1'))"; }
 rm -rf wheels && mkdir -p wheels
 binary=(--only-binary=:all: --python-version 3.12 --implementation cp --abi cp312
         --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64)
-for pkg in hydra-core omegaconf webdataset braceexpand; do
+for pkg in hydra-core omegaconf webdataset braceexpand torchcodec; do
   "$PY" -m pip download -q --no-deps "${binary[@]}" -d wheels "$pkg==$(version "$pkg")"
 done
 # antlr4-python3-runtime 4.9.x (omegaconf's parser) is published as an sdist only: pure Python, built here.

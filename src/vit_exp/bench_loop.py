@@ -8,9 +8,10 @@ Per step: in this process, ``train.py``'s trainer (every default callback, logge
 ``--epochs`` epochs, and a bare loop does the same work (the same model and seed, AdamW with the same parameter
 groups, schedule, label smoothing and clipping, over the same training images, normalised the same way). The two
 alternate ``--rounds`` times; a round's figure is the median gap between consecutive optimizer steps (loading
-included; epoch ends, validation and checkpoints fall outside the median), the reported figure the median of
-the rounds. End to end: ``python train.py`` against the bare job (the same epochs, a validation each epoch, a
-test and a checkpoint), each its own process (start-up included), alternating ``--e2e-rounds`` times.
+included; epoch ends, validation and checkpoints fall outside the median). End to end: ``python train.py``
+against the bare job (the same epochs, a validation each epoch, a test and a checkpoint), each its own process
+(start-up included), alternating ``--e2e-rounds`` times. Reported: the medians of the rounds, and as the ratio
+the median of the rounds' own ratios.
 
 The goal (issue 13): ours within 5% of the bare loop per step and 10% end to end.
 """
@@ -34,7 +35,9 @@ from omegaconf import DictConfig, OmegaConf
 
 @dataclass
 class LoopResult:
-    """Medians over the rounds: per-step milliseconds of each side and end-to-end seconds (None: not run)."""
+    """Medians over the rounds: per-step milliseconds of each side and end-to-end seconds (None: not run), and the
+    per-round figures. A ratio is the median of the rounds' own ratios (each round runs ours, then the bare loop),
+    so that a round slowed by something else on the machine moves the median less than it moves either side's."""
 
     ours_ms: float
     bare_ms: float
@@ -42,12 +45,20 @@ class LoopResult:
     bare_s: float | None = None
     rounds: dict[str, list[float]] = field(default_factory=dict)
 
+    @staticmethod
+    def _paired(ours: list[float], bare: list[float]) -> float | None:
+        return statistics.median(o / b for o, b in zip(ours, bare)) if ours and bare else None
+
     @property
     def step_ratio(self) -> float:
-        return self.ours_ms / self.bare_ms
+        paired = self._paired(self.rounds.get("ours_ms", []), self.rounds.get("bare_ms", []))
+        return paired if paired is not None else self.ours_ms / self.bare_ms
 
     @property
     def e2e_ratio(self) -> float | None:
+        paired = self._paired(self.rounds.get("ours_s", []), self.rounds.get("bare_s", []))
+        if paired is not None:
+            return paired
         return self.ours_s / self.bare_s if self.ours_s and self.bare_s else None
 
 
@@ -97,6 +108,7 @@ class BareJob:
         import torch
         from hydra.utils import instantiate
 
+        from vit_exp.build import plain_schedule
         from vit_exp.checks import resolve_model
         from vit_exp.data.transforms import build_eval_transform, build_train_transform
         from vit_exp.models import create_model
@@ -122,7 +134,7 @@ class BareJob:
         self.optimizer = instantiate(optim, _convert_="all")(param_groups(self.model))
         steps_per_epoch = len(self.train_set) // self.batch_size
         self.epochs = int(cfg.trainer.max_epochs)
-        schedule = instantiate(cfg.sched)
+        schedule = plain_schedule(instantiate(cfg.sched))  # as ours: no Hydra in the step
         total = steps_per_epoch * self.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: schedule(s, total_steps=total))
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=float(cfg.loss.label_smoothing))

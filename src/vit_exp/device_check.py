@@ -253,6 +253,10 @@ def run_train(decode: str, data: Path, sizes: Sizes, tmp: Path) -> Part:
     profile = next(iter(run_dir.glob("*profile*.txt")), None)
     if profile is not None:
         part.data |= profile_share(profile.read_text())
+    log = run_dir / "cli.log"
+    decoder = re.search(r"\(JPEGs by (\w+);", log.read_text()) if log.is_file() else None
+    if decoder:  # device decoding: TorchCodec's, or torchvision's where TorchCodec cannot run
+        part.data["decoder"] = decoder.group(1)
     return part
 
 

@@ -1,6 +1,6 @@
 """``data.decode=device`` on CPU: loader workers send JPEG bytes, ``on_after_batch_transfer`` decodes and augments.
 
-On a CPU ``torchvision.io.decode_jpeg`` decodes with libjpeg-turbo, as PIL does, so the device path can be held to
+On a CPU TorchCodec's (or torchvision's) ``decode_jpeg`` decodes with libjpeg-turbo, as PIL does, so the device path can be held to
 the host path: training batches equal exactly (same crop and flip from the same per-sample seed; the test images
 are small enough that the host path decodes them at full size), evaluation batches to 1 grey level (PIL's resize
 against torch's antialiased tensor resize; decoding itself is equal).
@@ -18,10 +18,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from tests.conftest import ROOT
-from vit_exp.data.device_decode import EncodedBatch
+from vit_exp.data.device_decode import EncodedBatch, jpeg_decoder
 from vit_exp.data.transforms import normalize
 from vit_exp.errors import ConfigError
 
@@ -70,7 +69,7 @@ def test_eval_batches_match_the_host_transform(folder_module, image_folder):
     path = min((image_folder / "val").glob("*/*.JPEG"))
     data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
     pil = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
-    assert torch.equal(decode_jpeg(data, mode=ImageReadMode.RGB), pil)
+    assert torch.equal(jpeg_decoder()[1](data), pil)
     diff = (x.int() - x_host.int()).abs()
     assert diff.max() <= 1 and diff.float().mean() < 0.05, (diff.max(), diff.float().mean())
 
@@ -154,7 +153,8 @@ def test_train_py_runs_with_device_decoding(tmp_path: Path, write_jpeg) -> None:
     assert results["steps"] == 10 and results["top1"] is not None
     # every image through the device path: 10 train batches of 4, the val split (9) 3 times (the sanity check,
     # 2 epochs), the test split once
-    assert "data.decode=device: 76 images decoded and augmented on the device" in (run_dir / "cli.log").read_text()
+    log_text = (run_dir / "cli.log").read_text()
+    assert f"data.decode=device: 76 images decoded and augmented on the device (JPEGs by {jpeg_decoder()[0]};" in log_text
 
 
 def test_encoded_batch_keeps_the_bytes_on_the_host_when_moved():
@@ -164,3 +164,44 @@ def test_encoded_batch_keeps_the_bytes_on_the_host_when_moved():
     batch = EncodedBatch(data, torch.tensor([len(data)]), [], torch.tensor([True]), None, torch.tensor([False]), [""])
     moved = batch.to(torch.device("meta"))
     assert moved.device.type == "meta" and moved.data is data  # decode_jpeg reads host memory on any device
+
+
+def _jpeg(mode: str = "RGB", quality: int = 90) -> tuple[torch.Tensor, torch.Tensor]:
+    """(JPEG bytes, PIL's RGB decoding of them) of a small photograph-like gradient."""
+    ramp = np.linspace(0, 255, 40 * 56, dtype=np.uint8).reshape(40, 56)
+    image = Image.fromarray(np.stack([ramp, ramp.T[:40, :40].repeat(2, 1)[:, :56], 255 - ramp], -1)).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    data = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+    pil = torch.from_numpy(np.array(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))).permute(2, 0, 1)
+    return data, pil
+
+
+def test_torchcodec_decodes_where_it_is_installed():
+    pytest.importorskip("torchcodec.decoders")
+    name, decode = jpeg_decoder("cpu")
+    assert name == "torchcodec"
+    (rgb, rgb_pil), (grey, grey_pil) = _jpeg(), _jpeg("L")
+    out = decode([rgb, grey], device="cpu")
+    assert torch.equal(out[0], rgb_pil) and torch.equal(out[1], grey_pil)  # greyscale comes back as RGB, as PIL's
+
+
+def test_torchvision_decodes_where_torchcodec_cannot(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_torchcodec(name, *args, **kwargs):
+        if name.startswith("torchcodec"):
+            raise ImportError("No module named 'torchcodec'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torchcodec)
+    jpeg_decoder.cache_clear()
+    try:
+        name, decode = jpeg_decoder("cpu")
+        data, pil = _jpeg()
+        assert name == "torchvision" and torch.equal(decode([data], device="cpu")[0], pil)
+    finally:
+        jpeg_decoder.cache_clear()
+

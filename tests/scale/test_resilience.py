@@ -15,7 +15,7 @@ from vit_exp import run
 from vit_exp.checkpoints import checkpoint_config, checkpoint_hparams, recover_interrupted_swap, resume_path
 from vit_exp.checkpoints.atomic import AtomicCheckpointIO, AtomicFSDPStrategy
 from vit_exp.checkpoints.sharded import load_distributed_checkpoint
-from vit_exp.data.order import ResumableSampler, resumable_loader
+from vit_exp.data.order import ResumableSampler, SeededSamples, resumable_loader
 from vit_exp.errors import ConfigError, NonFiniteLossError, Preempted
 
 HELPERS = "tests.scale.helpers"
@@ -231,6 +231,19 @@ def test_augmentation_depends_on_seed_epoch_and_place_not_on_workers() -> None:
     in_process.sampler.set_epoch(1)
     next_epoch = torch.cat(_batches(in_process))
     assert not torch.equal(next_epoch[:, 1:].sort(0).values, torch.cat(epoch)[:, 1:].sort(0).values)  # new draws
+
+
+def test_a_batch_fetched_at_once_equals_its_samples_fetched_one_by_one() -> None:
+    data = SeededSamples(RandomCrops())
+    items = [(i, 1000 + 7 * i) for i in range(6)]
+    before = torch.get_rng_state()
+    batch = data.__getitems__(items)  # what the DataLoader's fetcher calls
+    assert torch.equal(torch.get_rng_state(), before)
+    assert all(torch.equal(sample, data[item]) for sample, item in zip(batch, items, strict=True))
+    torch.manual_seed(3)
+    plain = data.__getitems__([0, 1])  # plain indices (a replaced sampler) draw from the caller's generator
+    torch.manual_seed(3)
+    assert all(torch.equal(a, b) for a, b in zip(plain, [data[0], data[1]], strict=True))
 
 
 def test_a_resume_mid_epoch_with_workers_yields_the_same_augmented_images() -> None:

@@ -113,6 +113,11 @@ class NonFiniteLossGuard(pl.Callback):
         if trainer.world_size > 1:  # on the device: the host does not wait
             bad = trainer.strategy.reduce(bad.int(), reduce_op="sum") > 0
         t = self._tally
+        reads_free = bad.device.type in HOST_READ_FREE and not compat.skips_on_device(optimizer)
+        if reads_free and not bool(bad | (t["stop_step"] >= 0)):  # the flag is read below anyway: read it first
+            t["in_a_row"].zero_()  # a good step: of the tally's updates below, only these two change anything
+            t["step"] += 1
+            return
         limit = 0 if self.action == "stop" else self.max_consecutive_skips
         t["in_a_row"] = torch.where(bad, t["in_a_row"] + 1, 0)
         stops_now = (t["in_a_row"] > limit) & (t["stop_step"] < 0)
@@ -129,7 +134,7 @@ class NonFiniteLossGuard(pl.Callback):
         skip = bad | stopped
         if compat.skips_on_device(optimizer):
             compat.set_skip_flag(optimizer, skip.float())
-        elif skip.device.type in HOST_READ_FREE:
+        elif reads_free:
             if bool(skip):
                 optimizer.zero_grad(set_to_none=True)  # no gradients: the optimizer leaves weights and moments alone
         else:

@@ -214,9 +214,10 @@ class ViTDataModule(pl.LightningDataModule):
             return
         readers = [t for d in self.datasets.values() if isinstance(t := getattr(d, "transform", None), ReadEncoded)]
         log.info(
-            "data.decode=device: %d images decoded and augmented on the device (%s decoded in the loader workers: "
-            "not JPEG, or CMYK; %d corrupt JPEGs replaced)",
+            "data.decode=device: %d images decoded and augmented on the device (JPEGs by %s; %s decoded in the loader "
+            "workers: not JPEG, or CMYK; %d corrupt JPEGs replaced)",
             self.device_decode.images,
+            self.device_decode.decoder or "none",
             sum(r.num_host_decoded for r in readers),
             self.device_decode.num_skipped,
         )

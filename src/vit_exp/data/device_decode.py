@@ -7,10 +7,11 @@ ImageNet-sized JPEG with libjpeg-turbo). Here the work is split in two halves:
   and draws the image's random crop and flip with ``TrainTransform.draw``: the same draws, from the same
   per-sample seed (``vit_exp.data.order.SeededSamples``), as host decoding makes, so an exact resume holds and
   a sample gets the same crop box either way. ``collate_encoded`` packs a batch's bytes into one tensor.
-- On the device (``ViTDataModule.on_after_batch_transfer``), ``DeviceDecode`` decodes the batch with
-  ``torchvision.io.decode_jpeg(list, device=...)`` (nvJPEG on CUDA; on a CPU the same call decodes on the host,
-  which is what the tests run), then crops, resizes and flips (training) or resizes and center-crops
-  (evaluation), and hands uint8 (N, 3, S, S) on to ``normalize`` as host decoding does.
+- On the device (``ViTDataModule.on_after_batch_transfer``), ``DeviceDecode`` decodes the batch with one
+  ``decode_jpeg(list, device=...)`` call (``jpeg_decoder``: TorchCodec's, else torchvision's; nvJPEG on CUDA; on
+  a CPU the same call decodes on the host with libjpeg-turbo, which is what the tests run), then crops, resizes
+  and flips (training) or resizes and center-crops (evaluation), and hands uint8 (N, 3, S, S) on to
+  ``normalize`` as host decoding does.
 
 Resizing is torchvision's antialiased tensor resize, one image at a time: ``decode_jpeg`` returns one tensor per
 image, each of its own size, so a batched kernel (``roi_align`` over a padded batch) would need a copy per image
@@ -24,13 +25,15 @@ the next image of the batch and counted (``strict``: stop, naming the file), as 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import io
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from PIL import Image
 from torch.utils.data import default_collate
-from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F2
 
 from vit_exp.data._bad_images import BadImages
@@ -41,6 +44,43 @@ from vit_exp.errors import ConfigError
 DEVICE_MODES = ("RGB", "L")
 # What torch's tensor resize offers (PIL's box, hamming and lanczos filters have no tensor kernel).
 TENSOR_INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+log = logging.getLogger(__name__)
+
+JpegDecoder = Callable[..., Any]  # (uint8 tensor or a list of them, device=...) -> RGB uint8 (3, H, W) tensor(s)
+
+
+@functools.cache
+def jpeg_decoder(device_type: str = "cpu") -> tuple[str, JpegDecoder]:
+    """(name, decode) of the batched JPEG decoder for ``device_type`` ("cpu" or "cuda"): TorchCodec's, which
+    torchvision 0.29 deprecated its image decoders for; torchvision's where TorchCodec is not installed or does not
+    work on this device (its wheels from 0.12 on need torch >= 2.11, and torch_xla's environment has 2.9).
+
+    Chosen once per process and device type, by decoding a small JPEG with it there: a TorchCodec that imports but
+    cannot load its libraries, or finds no nvJPEG, fails here rather than on the first batch.
+    """
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 90)).save(buffer, "JPEG")
+    probe = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+    try:
+        from torchcodec.decoders import decode_jpeg as codec_decode
+
+        decode: JpegDecoder = functools.partial(codec_decode, mode="RGB")
+        decode([probe], device=device_type)
+        return "torchcodec", decode
+    except Exception as error:  # noqa: BLE001 -- ImportError, a library that fails to load (OSError, RuntimeError)
+        log.info("data.decode=device: TorchCodec cannot decode on %s (%s); using torchvision.io", device_type, error)
+    import warnings
+
+    from torchvision.io import ImageReadMode
+    from torchvision.io import decode_jpeg as vision_decode
+
+    def decode_with_torchvision(data: Any, device: Any = "cpu") -> Any:
+        with warnings.catch_warnings():  # deprecated in favour of TorchCodec, which is what failed above
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return vision_decode(data, mode=ImageReadMode.RGB, device=device)
+
+    return "torchvision", decode_with_torchvision
 
 
 class EncodedImage:
@@ -95,7 +135,7 @@ class EncodedBatch:
     one per image), the host-decoded images, and the crop boxes and flips (host tensors: read without a sync).
 
     Lightning moves batches with their ``to``: it records the device and moves the decoded images only, since
-    ``decode_jpeg`` reads the encoded bytes from host memory whatever the device.
+    the decoders read the encoded bytes from host memory whatever the device.
     """
 
     def __init__(
@@ -165,6 +205,7 @@ class DeviceDecode:
         self.scale_size = EvalTransform(img_size, crop_pct, interpolation).scale_size
         self.interpolation = INTERPOLATIONS[interpolation]
         self.bad = BadImages(strict)
+        self.decoder = ""  # the library that decoded the JPEGs ("torchcodec" or "torchvision"), once one did
         self.images = 0  # decoded and augmented so far (this process), for the end-of-stage log line
 
     @property
@@ -200,15 +241,16 @@ class DeviceDecode:
         """An iterator over the batch's decoded JPEGs, in order; an undecodable one is replaced by the next."""
         if not encoded:
             return iter(())
+        self.decoder, decode_jpeg = jpeg_decoder(device.type)
         try:
-            return iter(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
+            return iter(decode_jpeg(encoded, device=device))
         except RuntimeError:
             pass  # one bad file fails the whole call: find it (rare, so one at a time)
         names = [name for name, is_encoded in zip(batch.names, batch.encoded.tolist()) if is_encoded]
         images: list[torch.Tensor | None] = []
         for data, name in zip(encoded, names):
             try:
-                images.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+                images.append(decode_jpeg(data, device=device))
             except RuntimeError as error:
                 self.bad.skip(name or "(bytes)", error)
                 images.append(None)

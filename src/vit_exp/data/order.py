@@ -168,19 +168,39 @@ class SeededSamples(Dataset):
         with torch_seeded(seed):
             return self.dataset[index]
 
+    def __getitems__(self, items: list[Any]) -> list[Any]:
+        """A batch (the DataLoader's fetcher calls this where it exists): each sample drawn with its own seed, as
+        ``__getitem__`` draws it, but the generator's state (5 KB) saved and put back once per batch, not once per
+        sample (0.1 ms of the default run's ~30 ms step)."""
+        if not all(isinstance(item, tuple) for item in items):  # plain indices draw from the caller's generator
+            return [self[item] for item in items]
+        samples = []
+        with torch_generator_kept() as generator:
+            for index, seed in items:
+                generator.manual_seed(seed)
+                samples.append(self.dataset[index])
+        return samples
+
 
 @contextlib.contextmanager
-def torch_seeded(seed: int) -> Iterator[None]:
-    """Within the block, torch's CPU generator is seeded with ``seed``; its state is put back afterwards."""
+def torch_generator_kept() -> Iterator[torch.Generator]:
+    """Torch's CPU generator, whose state is put back after the block (whatever it was seeded with inside)."""
     # The CPU generator alone, which the transforms draw from: torch.manual_seed would also queue a seeding of
     # every CUDA device, at 40x the cost per sample.
     generator = torch.default_generator
     state = generator.get_state()
-    generator.manual_seed(seed)
     try:
-        yield
+        yield generator
     finally:
         generator.set_state(state)
+
+
+@contextlib.contextmanager
+def torch_seeded(seed: int) -> Iterator[None]:
+    """Within the block, torch's CPU generator is seeded with ``seed``; its state is put back afterwards."""
+    with torch_generator_kept() as generator:
+        generator.manual_seed(seed)
+        yield
 
 
 class ResumableStream(IterableDataset):
