@@ -5,6 +5,7 @@ synthetic JPEGs with host and device decoding) and the JSON and the Markdown tab
 from __future__ import annotations
 
 import json
+import sys
 import zipfile
 from pathlib import Path
 
@@ -44,6 +45,14 @@ def test_dry_run_runs_every_part_and_writes_the_report(tmp_path: Path, monkeypat
     assert parts["train.py data.decode=device"]["status"] in ("ok", "skipped")
     table = (out / "device_check.md").read_text()
     assert "| train.py data.decode=host | ok |" in table and "wait_share" in table
+
+
+def test_only_wheels_for_this_python_are_installed() -> None:
+    major, minor = sys.version_info[:2]
+    ours, other = f"cp{major}{minor}", f"cp{major}{minor + 1}"
+    assert device_check._for_this_python(Path(f"torchcodec-0.17.0-{ours}-{ours}-manylinux_2_28_x86_64.whl"))
+    assert not device_check._for_this_python(Path(f"torchcodec-0.17.0-{other}-{other}-manylinux_2_28_x86_64.whl"))
+    assert device_check._for_this_python(Path("braceexpand-0.1.7-py2.py3-none-any.whl"))
 
 
 def test_a_failing_part_is_recorded_and_the_check_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -165,10 +165,22 @@ def install(wheels: Path, sizes: Sizes) -> Part:
     if not found:
         part.status, part.detail = "skipped", f"no wheels in {wheels} (run scripts/prepare_device.sh first)"
         return part
+    other = [w for w in found if not _for_this_python(w)]  # e.g. a dry run on 3.11 of the device's cp312 wheels
+    found = [w for w in found if w not in other]
     _run(part, [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
                 "--no-cache-dir", "--upgrade", "--target", str(SITE), *map(str, found)], sizes.boxes["install"])  # fmt: skip
     part.data["wheels"] = [w.name for w in found]
+    if other:
+        part.data["not_for_this_python"] = [w.name for w in other]
     return part
+
+
+def _for_this_python(wheel: Path) -> bool:
+    """Whether the wheel's Python tag (``{name}-{version}[-{build}]-{python}-{abi}-{platform}.whl``) admits this
+    interpreter: py3, py3N or cp3N."""
+    major, minor = sys.version_info[:2]
+    python_tags = wheel.name.split("-")[-3].split(".")
+    return any(tag in (f"py{major}", f"py{major}{minor}", f"cp{major}{minor}") for tag in python_tags)
 
 
 def run_pytest(sizes: Sizes, out: Path) -> Part:

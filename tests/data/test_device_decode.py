@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import ROOT
+from vit_exp.data import device_decode
 from vit_exp.data.device_decode import EncodedBatch, jpeg_decoder
 from vit_exp.data.transforms import normalize
 from vit_exp.errors import ConfigError
@@ -178,6 +179,8 @@ def _jpeg(mode: str = "RGB", quality: int = 90) -> tuple[torch.Tensor, torch.Ten
 
 
 def test_torchcodec_decodes_where_it_is_installed():
+    if tuple(int(part) for part in torch.__version__.split(".")[:2]) < (2, 11):
+        pytest.skip("TorchCodec's wheels need torch >= 2.11 (torch_xla's environment has 2.9): torchvision decodes")
     pytest.importorskip("torchcodec.decoders")
     name, decode = jpeg_decoder("cpu")
     assert name == "torchcodec"
@@ -205,3 +208,20 @@ def test_torchvision_decodes_where_torchcodec_cannot(monkeypatch):
     finally:
         jpeg_decoder.cache_clear()
 
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_nvjpeg_decodes_a_batch_on_the_gpu_close_to_the_cpu_decoder():
+    encoded = [_jpeg()[0], _jpeg("L")[0], _jpeg(quality=50)[0]]
+    name, decode = jpeg_decoder("cuda")
+    on_gpu, on_cpu = decode(encoded, device="cuda"), jpeg_decoder("cpu")[1](encoded, device="cpu")
+    for gpu, cpu in zip(on_gpu, on_cpu, strict=True):
+        assert gpu.device.type == "cuda" and gpu.shape == cpu.shape
+        diff = (gpu.cpu().int() - cpu.int()).abs()  # nvJPEG's IDCT and chroma upsampling are not libjpeg-turbo's
+        assert diff.float().mean() < 1.0 and diff.max() <= 24, (name, diff.float().mean(), diff.max())
+    data = torch.cat(encoded)
+    batch = EncodedBatch(data, torch.tensor([len(e) for e in encoded]), [], torch.tensor([True] * 3), None,
+                         torch.tensor([False] * 3), ["a", "b", "c"]).to("cuda")  # fmt: skip
+    x = device_decode.DeviceDecode(img_size=32, crop_pct=1.0, interpolation="bicubic")(batch)
+    assert x.device.type == "cuda" and x.shape == (3, 3, 32, 32) and x.dtype == torch.uint8
