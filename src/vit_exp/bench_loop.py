@@ -1,7 +1,7 @@
 """The training loop's overhead: our Lightning stack against a bare PyTorch loop doing the same work.
 
-    python -m vit_exp.bench --loop                          # the default run's job (digits, vit_micro, batch 64)
-    python -m vit_exp.bench_loop --rounds 5 --e2e-rounds 2  # more repeats
+    python -m vit_exp.bench --loop                          # the default run's job (digits, vit_micro, batch 64): ~5 min
+    python -m vit_exp.bench_loop --rounds 3 --e2e-rounds 1  # fewer repeats (noisier)
     python -m vit_exp.bench_loop model=vit_test             # any train.py overrides
 
 Per step: in this process, ``train.py``'s trainer (every default callback, logger and check) fits the model for
@@ -241,8 +241,8 @@ def main(argv: list[str] | None = None) -> LoopResult | None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="train.py overrides (default: the default run)")
     p.add_argument("--epochs", type=int, default=2, help="epochs of each per-step round")
-    p.add_argument("--rounds", type=int, default=5, help="alternating per-step rounds; the median is reported")
-    p.add_argument("--e2e-rounds", type=int, default=1, help="alternating end-to-end runs of each; 0: none")
+    p.add_argument("--rounds", type=int, default=9, help="alternating per-step rounds; the median is reported")
+    p.add_argument("--e2e-rounds", type=int, default=3, help="alternating end-to-end runs of each; 0: none")
     p.add_argument("--bare-job", metavar="DIR", help=argparse.SUPPRESS)  # the bare side of an end-to-end round
     args = p.parse_args(argv)
     if args.bare_job:
