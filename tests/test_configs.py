@@ -198,3 +198,15 @@ def test_a_file_that_is_no_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     torch.save({"pos_embed": torch.zeros(1)}, torch_file)
     with pytest.raises(ConfigError, match="stores no run config.*model.pretrained"):
         checkpoint_config(torch_file)
+
+
+def test_the_progress_bar_redraws_four_times_a_second_and_is_off_where_the_trainers_bar_is(tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+
+    from vit_exp.build import build_trainer
+
+    bars = [c for c in build_trainer(compose("train", [], tmp_path), []).callbacks if isinstance(c, ProgressBar)]
+    assert len(bars) == 1 and isinstance(bars[0], RichProgressBar) and bars[0].refresh_rate == 4
+    off = build_trainer(compose("train", ["++trainer.enable_progress_bar=false"], tmp_path), [])  # Lightning: no error
+    assert not any(isinstance(c, ProgressBar) for c in off.callbacks)
+    assert compose("train", ["hw=tpu"], tmp_path).callbacks.progress_bar.enabled is False

@@ -207,14 +207,19 @@ def _e2e(command: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def measure(overrides: list[str], epochs: int, rounds: int, e2e_rounds: int) -> LoopResult:
-    """Alternate ours and the bare loop ``rounds`` times per step and ``e2e_rounds`` times end to end."""
+def measure(
+    overrides: list[str], epochs: int, rounds: int, e2e_rounds: int, progress_bar: bool = False
+) -> LoopResult:
+    """Alternate ours and the bare loop ``rounds`` times per step and ``e2e_rounds`` times end to end; with
+    ``progress_bar`` ours draws its progress bar during the per-step rounds (to this process's terminal)."""
     steps: dict[str, list[float]] = {"ours": [], "bare": []}
     walls: dict[str, list[float]] = {"ours": [], "bare": []}
     with tempfile.TemporaryDirectory() as tmp:
         # Per step: a short fit without validation or test; per-round medians.
         short = [*overrides, f"trainer.max_epochs={epochs}", "++trainer.limit_val_batches=0",
-                 "++trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false"]  # fmt: skip
+                 "++trainer.enable_model_summary=false"]  # fmt: skip
+        if not progress_bar:
+            short.append("++trainer.enable_progress_bar=false")
         for r in range(rounds):
             steps["ours"].append(_gaps(ours_step_times(compose(short, f"{tmp}/ours{r}"))))
             steps["bare"].append(_gaps(bare_step_times(compose(short, f"{tmp}/bare{r}"))))
@@ -243,6 +248,8 @@ def main(argv: list[str] | None = None) -> LoopResult | None:
     p.add_argument("--epochs", type=int, default=2, help="epochs of each per-step round")
     p.add_argument("--rounds", type=int, default=9, help="alternating per-step rounds; the median is reported")
     p.add_argument("--e2e-rounds", type=int, default=3, help="alternating end-to-end runs of each; 0: none")
+    p.add_argument("--progress-bar", action="store_true", help="per step: ours with its progress bar, drawn to this "
+                   "terminal (the per-step figure leaves it out by default)")  # fmt: skip
     p.add_argument("--bare-job", metavar="DIR", help=argparse.SUPPRESS)  # the bare side of an end-to-end round
     args = p.parse_args(argv)
     if args.bare_job:
@@ -262,9 +269,10 @@ def main(argv: list[str] | None = None) -> LoopResult | None:
     apply_threads(cfg.get("hw"))
     import torch
 
-    result = measure(args.overrides, args.epochs, args.rounds, args.e2e_rounds)
+    result = measure(args.overrides, args.epochs, args.rounds, args.e2e_rounds, args.progress_bar)
     label = (f"{cfg.model.name} on {cfg.data.name}, batch {cfg.data.batch_size}, {torch.get_num_threads()} threads, "
-             f"torch {torch.__version__}; {args.rounds} rounds of {args.epochs} epochs, {args.e2e_rounds} end to end")  # fmt: skip
+             f"torch {torch.__version__}; {args.rounds} rounds of {args.epochs} epochs"
+             f"{' (ours with its progress bar)' if args.progress_bar else ''}, {args.e2e_rounds} end to end")  # fmt: skip
     print(report(result, label))
     return result
 

@@ -11,6 +11,7 @@ Lightning's own ``ModelCheckpoint`` and ``LearningRateMonitor``).
 ``FewShotEval``         few-shot top-1 of the frozen features while training (``fewshot``)
 ``AttentionImages``     attention maps of validation images, to the loggers that take images (``attention``)
 ``RunPlots``            ``curves.png`` and ``confusion_matrix.png`` in the run directory (``plots``)
+``progress_bar``        Lightning's Rich progress bar at 4 redraws a second (``progress_bar``)
 """
 
 from vit_exp.callbacks.attention import AttentionImages
@@ -22,6 +23,7 @@ from vit_exp.callbacks.flexi import FlexiPatchSizes
 from vit_exp.callbacks.nan_guard import NonFiniteLossGuard
 from vit_exp.callbacks.plots import RunPlots
 from vit_exp.callbacks.preemption import Preemption
+from vit_exp.callbacks.progress import progress_bar
 from vit_exp.callbacks.throughput import Throughput
 
 __all__ = [
@@ -36,4 +38,5 @@ __all__ = [
     "RunPlots",
     "Throughput",
     "ema_callback",
+    "progress_bar",
 ]
