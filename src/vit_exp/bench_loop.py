@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,31 +35,44 @@ from omegaconf import DictConfig, OmegaConf
 
 @dataclass
 class LoopResult:
-    """Medians over the rounds: per-step milliseconds of each side and end-to-end seconds (None: not run), and the
-    per-round figures. A ratio is the median of the rounds' own ratios (each round runs ours, then the bare loop),
-    so that a round slowed by something else on the machine moves the median less than it moves either side's."""
+    """Each round's figures (``rounds``): per-step milliseconds ``ours_ms``, ``bare_ms`` and end-to-end seconds
+    ``ours_s``, ``bare_s`` (empty: not run). Reported: their medians, and as a ratio the median of the rounds' own
+    ratios (each round runs ours, then the bare loop), so that a round slowed by something else on the machine
+    moves the ratio less than it moves either side's median."""
 
-    ours_ms: float
-    bare_ms: float
-    ours_s: float | None = None
-    bare_s: float | None = None
-    rounds: dict[str, list[float]] = field(default_factory=dict)
+    rounds: dict[str, list[float]]
 
-    @staticmethod
-    def _paired(ours: list[float], bare: list[float]) -> float | None:
-        return statistics.median(o / b for o, b in zip(ours, bare)) if ours and bare else None
+    def _median(self, key: str) -> float | None:
+        values = self.rounds.get(key)
+        return statistics.median(values) if values else None
+
+    def _ratio(self, unit: str) -> float | None:
+        ours, bare = self.rounds.get(f"ours_{unit}", []), self.rounds.get(f"bare_{unit}", [])
+        return statistics.median(o / b for o, b in zip(ours, bare, strict=True)) if ours else None
 
     @property
-    def step_ratio(self) -> float:
-        paired = self._paired(self.rounds.get("ours_ms", []), self.rounds.get("bare_ms", []))
-        return paired if paired is not None else self.ours_ms / self.bare_ms
+    def ours_ms(self) -> float | None:
+        return self._median("ours_ms")
+
+    @property
+    def bare_ms(self) -> float | None:
+        return self._median("bare_ms")
+
+    @property
+    def ours_s(self) -> float | None:
+        return self._median("ours_s")
+
+    @property
+    def bare_s(self) -> float | None:
+        return self._median("bare_s")
+
+    @property
+    def step_ratio(self) -> float | None:
+        return self._ratio("ms")
 
     @property
     def e2e_ratio(self) -> float | None:
-        paired = self._paired(self.rounds.get("ours_s", []), self.rounds.get("bare_s", []))
-        if paired is not None:
-            return paired
-        return self.ours_s / self.bare_s if self.ours_s and self.bare_s else None
+        return self._ratio("s")
 
 
 def compose(overrides: list[str], output_dir: str) -> DictConfig:
@@ -228,9 +241,7 @@ def measure(
                                        f"hydra.run.dir={tmp}/e2e_ours{r}"]))  # fmt: skip
             walls["bare"].append(_e2e([sys.executable, "-m", "vit_exp.bench_loop", "--bare-job", f"{tmp}/e2e_bare{r}",
                                        *overrides]))  # fmt: skip
-    median = {k: statistics.median(v) if v else None for k, v in walls.items()}
-    return LoopResult(statistics.median(steps["ours"]), statistics.median(steps["bare"]), median["ours"],
-                      median["bare"], rounds={f"{k}_ms": v for k, v in steps.items()} | {f"{k}_s": v for k, v in walls.items()})  # fmt: skip
+    return LoopResult({f"{k}_ms": v for k, v in steps.items()} | {f"{k}_s": v for k, v in walls.items()})
 
 
 def report(result: LoopResult, label: str) -> str:

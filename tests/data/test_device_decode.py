@@ -167,29 +167,29 @@ def test_encoded_batch_keeps_the_bytes_on_the_host_when_moved():
     assert moved.device.type == "meta" and moved.data is data  # decode_jpeg reads host memory on any device
 
 
-def _jpeg(mode: str = "RGB", quality: int = 90) -> tuple[torch.Tensor, torch.Tensor]:
-    """(JPEG bytes, PIL's RGB decoding of them) of a small photograph-like gradient."""
-    ramp = np.linspace(0, 255, 40 * 56, dtype=np.uint8).reshape(40, 56)
-    image = Image.fromarray(np.stack([ramp, ramp.T[:40, :40].repeat(2, 1)[:, :56], 255 - ramp], -1)).convert(mode)
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=quality)
-    data = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
-    pil = torch.from_numpy(np.array(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))).permute(2, 0, 1)
-    return data, pil
+@pytest.fixture
+def jpegs(make_image, encode_jpeg) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(JPEG bytes, PIL's RGB decoding of them) of a colour image, a greyscale one and a smaller colour one."""
+    images = [make_image(56, 40, seed=1), make_image(56, 40, seed=2).convert("L"), make_image(48, 36, seed=3)]
+    out = []
+    for image in images:
+        data = encode_jpeg(image)
+        pil = torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1)
+        out.append((torch.frombuffer(bytearray(data), dtype=torch.uint8), pil))
+    return out
 
 
-def test_torchcodec_decodes_where_it_is_installed():
+def test_torchcodec_decodes_where_it_is_installed(jpegs):
     if tuple(int(part) for part in torch.__version__.split(".")[:2]) < (2, 11):
         pytest.skip("TorchCodec's wheels need torch >= 2.11 (torch_xla's environment has 2.9): torchvision decodes")
     pytest.importorskip("torchcodec.decoders")
     name, decode = jpeg_decoder("cpu")
     assert name == "torchcodec"
-    (rgb, rgb_pil), (grey, grey_pil) = _jpeg(), _jpeg("L")
-    out = decode([rgb, grey], device="cpu")
-    assert torch.equal(out[0], rgb_pil) and torch.equal(out[1], grey_pil)  # greyscale comes back as RGB, as PIL's
+    out = decode([data for data, _ in jpegs], device="cpu")
+    assert all(torch.equal(a, pil) for a, (_, pil) in zip(out, jpegs, strict=True))  # greyscale: RGB, as PIL's
 
 
-def test_torchvision_decodes_where_torchcodec_cannot(monkeypatch):
+def test_torchvision_decodes_where_torchcodec_cannot(monkeypatch, jpegs):
     import builtins
 
     real_import = builtins.__import__
@@ -203,17 +203,16 @@ def test_torchvision_decodes_where_torchcodec_cannot(monkeypatch):
     jpeg_decoder.cache_clear()
     try:
         name, decode = jpeg_decoder("cpu")
-        data, pil = _jpeg()
+        data, pil = jpegs[0]
         assert name == "torchvision" and torch.equal(decode([data], device="cpu")[0], pil)
     finally:
         jpeg_decoder.cache_clear()
 
 
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_nvjpeg_decodes_a_batch_on_the_gpu_close_to_the_cpu_decoder():
-    encoded = [_jpeg()[0], _jpeg("L")[0], _jpeg(quality=50)[0]]
+def test_nvjpeg_decodes_a_batch_on_the_gpu_close_to_the_cpu_decoder(jpegs):
+    encoded = [data for data, _ in jpegs]
     name, decode = jpeg_decoder("cuda")
     on_gpu, on_cpu = decode(encoded, device="cuda"), jpeg_decoder("cpu")[1](encoded, device="cpu")
     for gpu, cpu in zip(on_gpu, on_cpu, strict=True):
