@@ -83,8 +83,10 @@ def _main(task_main: Callable[[], Any], config_name: str) -> Callable[[], Any]:
 
     def main() -> Any:
         from vit_exp.errors import ConfigError
+        from vit_exp.hw import start_load_sample
         from vit_exp.overrides import check_overrides
 
+        start_load_sample()  # hw.omp_wait_policy=auto looks at the CPUs while the command line is parsed
         try:
             shown = check_overrides(sys.argv[1:], CONF_DIR, config_name)
         except ConfigError as e:

@@ -1,12 +1,17 @@
 """Process-wide settings of a hardware profile (the ``hw`` node of ``conf/hw/*.yaml``): CPU threads, the OpenMP
 wait policy, and the precision of float32 matmuls on CUDA.
 
-By default OpenMP threads spin for a while after each parallel region, waiting for the next one. Alone on a
-machine that saves a little latency; with other processes on the same cores (a laptop with a browser open, a
-shared CI runner) the spinning threads take turns with the ones doing work, and a 3-epoch run of the default
-job fell from ~400 to 29-115 img/s. ``PASSIVE`` makes them sleep instead. OpenMP reads the variable once, when
-the runtime loads with torch, so ``set_wait_policy`` runs before the first ``import torch`` (``vit_exp.cli``);
-a value the user exported is kept.
+OpenMP reads its wait policy once, when the runtime loads with torch, so ``set_wait_policy`` runs before the
+first ``import torch`` (``vit_exp.cli``); a value the user exported is kept. Neither policy is right everywhere:
+by default (libgomp, in PyPI's torch) idle threads spin for a while (300,000 rounds) before they sleep. With
+other processes on the same cores (a laptop with a browser open, a shared CI runner) the spinning threads take
+turns with the ones doing work; ``PASSIVE`` makes them sleep at once, but where waking a thread is slow (some
+virtual machines) it costs a little at every parallel region, and a small model's step has hundreds. On two
+cores, per step of the default run's loop (ms): idle, PASSIVE 63, spinning 35; beside one busy process,
+PASSIVE 60, spinning 80-83. So ``hw.omp_wait_policy: auto`` (``hw=cpu``) looks before it chooses: it samples
+how busy the CPUs it may use are while the command line is parsed (``/proc/stat``, less this process's own
+time) and chooses ``PASSIVE`` when other processes leave fewer idle CPUs than its threads need, OpenMP's
+default otherwise. It is a look at one moment: ``passive`` or ``active`` fix the policy for a run.
 
 ``hw.threads: auto`` keeps torch's own choice (one thread per physical core), capped to the CPUs this process
 may run on (its affinity mask) and to its cgroup CPU quota (a container given 2 CPUs of a 64-core host). A
@@ -23,14 +28,26 @@ import logging
 import math
 import os
 import sys
+import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 log = logging.getLogger(__name__)
 
+
+class CpuTimes(NamedTuple):
+    """A reading of the clock and of CPU time (seconds) for ``other_cpus``."""
+
+    wall: float
+    busy: float  # CPU time spent by anything on the CPUs this process may use
+    own: float  # this process's own (all its threads)
+
+
 _TORCH_DEFAULT: list[int] = []  # torch's own thread count, read before the first set_num_threads
+_LOAD_START: list[CpuTimes] = []  # where hw.omp_wait_policy=auto's look at the CPUs begins (start_load_sample)
+LOAD_WINDOW_S = 0.1  # the shortest look: /proc/stat counts in 10 ms ticks
 
 
 def check(hw: Mapping[str, Any] | None) -> None:
@@ -43,9 +60,65 @@ def check(hw: Mapping[str, Any] | None) -> None:
     check_values(OmegaConf.create({"hw": dict(hw or {})}))
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: what a cluster job or container was given)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows: no affinity masks
+        return os.cpu_count() or 1
+
+
+def cpu_times(stat: Path = Path("/proc/stat")) -> CpuTimes | None:
+    """Now, as ``CpuTimes``: the busy time of this process's CPUs (user, nice, system, irq, softirq; not idle,
+    iowait or steal) from ``stat``; None where there is no such file (macOS, Windows)."""
+    try:
+        lines = stat.read_text().splitlines()
+    except OSError:
+        return None
+    mine = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+    ticks = 0
+    for line in lines:
+        name, *fields = line.split()
+        if name in mine:
+            user, nice, system, _idle, _iowait, irq, softirq = map(int, fields[:7])
+            ticks += user + nice + system + irq + softirq
+    own = os.times()
+    return CpuTimes(time.monotonic(), ticks / os.sysconf("SC_CLK_TCK"), own.user + own.system)
+
+
+def other_cpus(start: CpuTimes, end: CpuTimes) -> float:
+    """How many CPUs other processes kept busy between two readings (this process's own time taken out)."""
+    return max(0.0, (end.busy - start.busy) - (end.own - start.own)) / max(end.wall - start.wall, 1e-9)
+
+
+def start_load_sample() -> None:
+    """Begin ``hw.omp_wait_policy=auto``'s look at the CPUs (``vit_exp.cli`` calls it first thing, so that the
+    look spans the parsing of the command line instead of adding a wait)."""
+    if (now := cpu_times()) is not None:
+        _LOAD_START[:] = [now]
+
+
+def auto_wait_policy(others: float, cpus: int, threads: int) -> str | None:
+    """``PASSIVE`` when other processes keep busy more than the CPUs that ``threads`` leave free (by half a CPU or
+    more), else None (OpenMP's default: spin, then sleep)."""
+    return "PASSIVE" if others >= cpus - threads + 0.5 else None
+
+
+def _sample_load() -> float | None:
+    """Other processes' busy CPUs since ``start_load_sample`` (sampling for ``LOAD_WINDOW_S`` if it was not
+    called or too recently); None where the CPUs' times cannot be read."""
+    start = _LOAD_START[0] if _LOAD_START else cpu_times()
+    if start is None:
+        return None
+    if (wait := start.wall + LOAD_WINDOW_S - time.monotonic()) > 0:
+        time.sleep(wait)
+    return other_cpus(start, cpu_times())
+
+
 def set_wait_policy(hw: Mapping[str, Any] | None) -> str | None:
-    """Export ``OMP_WAIT_POLICY`` from ``hw.omp_wait_policy`` unless the environment has one; return the value in
-    force (None: OpenMP's default). Warns when torch is already loaded (too late to change it).
+    """Export ``OMP_WAIT_POLICY`` from ``hw.omp_wait_policy`` (``auto``: chosen from the machine's load, see the
+    module's docstring) unless the environment has one; return the value in force (None: OpenMP's default).
+    Warns when torch is already loaded (too late to change it), unless the choice was left to ``auto``.
 
     Raises:
         ConfigError: a value of the ``hw`` node that cannot be applied (``check``), before anything heavy loads.
@@ -55,9 +128,21 @@ def set_wait_policy(hw: Mapping[str, Any] | None) -> str | None:
     if not wanted or "OMP_WAIT_POLICY" in os.environ:
         return os.environ.get("OMP_WAIT_POLICY")
     if "torch" in sys.modules:  # (a sweep's later jobs find the first job's export above)
-        warnings.warn(f"hw.omp_wait_policy={wanted} comes too late: torch (and OpenMP) is already loaded; export "
-                      f"OMP_WAIT_POLICY={wanted.upper()} before starting Python", stacklevel=2)  # fmt: skip
+        if wanted != "auto":
+            warnings.warn(f"hw.omp_wait_policy={wanted} comes too late: torch (and OpenMP) is already loaded; "
+                          f"export OMP_WAIT_POLICY={wanted.upper()} before starting Python", stacklevel=2)  # fmt: skip
         return None
+    if wanted == "auto":
+        if (others := _sample_load()) is None:
+            return None
+        threads = (hw or {}).get("threads")
+        cpus = usable_cpus()
+        policy = auto_wait_policy(others, cpus, cpus if threads in (None, "auto") else int(threads))
+        log.info("hw.omp_wait_policy=auto: other processes kept %.1f of %d CPUs busy; OpenMP threads %s", others,
+                 cpus, "sleep when idle (OMP_WAIT_POLICY=PASSIVE)" if policy else "spin before they sleep")  # fmt: skip
+        if policy is None:
+            return None
+        wanted = policy
     os.environ["OMP_WAIT_POLICY"] = wanted.upper()
     return os.environ["OMP_WAIT_POLICY"]
 
@@ -73,8 +158,6 @@ def cpu_quota() -> int | None:
 
 def auto_threads(torch_default: int) -> int:
     """Torch's default thread count, capped to the usable CPUs (affinity mask) and the cgroup quota."""
-    from vit_exp.data.datamodule import usable_cpus  # (with Lightning: loaded by the run already)
-
     return min(n for n in (torch_default, usable_cpus(), cpu_quota()) if n)
 
 

@@ -21,7 +21,7 @@ PRECISIONS = (
 UNSET = object()
 DISTILL_KINDS = ("soft", "hard")  # vit_exp.distill's losses (conf/distill)
 DECODES = ("host", "device")  # data.decode: where JPEGs are decoded (vit_exp.data.device_decode)
-WAIT_POLICIES = ("passive", "active")  # hw.omp_wait_policy (vit_exp.hw)
+WAIT_POLICIES = ("auto", "passive", "active")  # hw.omp_wait_policy (vit_exp.hw)
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # hw.matmul_precision: torch.set_float32_matmul_precision's
 
 
@@ -92,8 +92,8 @@ def _rules() -> tuple[Rule, ...]:
         Rule("compile", lambda v: isinstance(v, bool), "true or false", "true"),
         Rule("hw.threads", lambda v: v is None or v == "auto" or whole(v) and v >= 1,
              "auto or a whole number >= 1", "2"),
-        Rule("hw.omp_wait_policy", lambda v: v is None or v in WAIT_POLICIES, "passive or active (or null)",
-             "passive"),
+        Rule("hw.omp_wait_policy", lambda v: v is None or v in WAIT_POLICIES,
+             f"one of {', '.join(WAIT_POLICIES)} (or null)", "passive"),
         Rule("hw.matmul_precision", lambda v: v is None or v in MATMUL_PRECISIONS,
              f"one of {', '.join(MATMUL_PRECISIONS)} (or null)", "high"),
         Rule("model.flexi.patch_sizes", lambda v: v is None or isinstance(v, ListConfig) and len(v) > 0

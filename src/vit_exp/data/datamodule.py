@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -16,19 +15,12 @@ from vit_exp.data.erasing import RandomErasing
 from vit_exp.data.order import RepeatedAugSampler, ResumableStream, rank_and_world_size, resumable_loader
 from vit_exp.data.transforms import Transform, build_eval_transform, build_train_transform, normalize
 from vit_exp.errors import ConfigError
+from vit_exp.hw import usable_cpus
 from vit_exp.rules import DECODES
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask: what a cluster job or container was given)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows: no affinity masks
-        return os.cpu_count() or 1
 
 
 class Source(Protocol):
