@@ -131,3 +131,33 @@ def test_a_run_that_fails_its_checks_leaves_nothing_under_outputs(tmp_path: Path
     out = _cli("optim.lr=-1", cwd=tmp_path)
     assert out.returncode == 1 and out.stderr.strip().splitlines()[-1].startswith("error: optim.lr=-1")
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").iterdir())
+
+
+def test_end_process_does_what_an_exit_does_that_matters(tmp_path: Path) -> None:
+    """The threads finish, the atexit handlers run, buffered output comes out, the code is the one given."""
+    code = (
+        "import atexit, sys, threading, time\n"
+        "from vit_exp.cli import end_process\n"
+        "atexit.register(lambda: print('atexit ran'))\n"
+        "def late():\n"
+        "    time.sleep(0.3)\n"
+        "    open(sys.argv[1], 'w').write('thread done')\n"
+        "threading.Thread(target=late).start()\n"
+        "print('buffered', end=' ')\n"
+        "end_process(3)\n"
+        "print('never')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "late.txt")], capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "buffered atexit ran\n"
+    assert (tmp_path / "late.txt").read_text() == "thread done"
+
+
+def test_a_command_returns_at_a_python_prompt(tmp_path: Path) -> None:
+    """``python -i``: the session goes on after the command (``end_process`` only ends a command's own process)."""
+    code = "import sys; from vit_exp.cli import train; sys.argv = ['train.py', '--cfg', 'job']; train(); print('still here')"
+    done = subprocess.run([sys.executable, "-i", "-c", code], cwd=tmp_path, input="", capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "still here" in done.stdout
