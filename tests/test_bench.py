@@ -97,3 +97,24 @@ def test_bare_job_does_the_whole_job(tmp_path) -> None:
     top1 = job.run(str(tmp_path), "test")
     assert 0.0 <= top1 <= 1.0 and (tmp_path / "last.pt").is_file()
     assert job.scheduler.last_epoch == 2 * (1258 // 64)  # every step of both epochs, as Lightning steps it
+
+
+@pytest.mark.slow  # torch.compile of a model, its backward and an AdamW step on the CPU: ~1-3 min
+def test_compiled_step_updates_the_weights_as_the_eager_step() -> None:
+    """``--compile-step`` (the model and loss as one compiled function, the AdamW step as another) takes the same
+    step as the eager run from the same weights and batch, so its speed is the speed of the same work."""
+    import argparse
+
+    args = argparse.Namespace(batch_size=2, img_size=32, precision="fp32")
+    spec = resolve_spec("vit_test_patch4_32")
+    eager, step = (bench.prepare(name, lambda: create_model(spec), args, torch.device("cpu"), compile=c)
+                   for name, c in (("eager", None), ("step", "step")))  # fmt: skip
+    before = [p.detach().clone() for p in step.model.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(before, eager.model.parameters()))  # the same seed, the same init
+    for b in (eager, step):
+        b.train_step()
+        b.train_step()
+    moved = [(a - b).abs().max() for a, b in zip(step.model.parameters(), before)]
+    assert min(moved) > 0  # every tensor was updated
+    for a, b in zip(step.model.parameters(), eager.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -6,7 +6,7 @@
 Prints, for each implementation: training images/s (forward + backward + AdamW step), inference images/s,
 peak device memory, and model-FLOPs utilisation (MFU: model FLOPs per second over the device's peak), and each
 one's speed relative to timm in eager mode. ``--compile`` adds each implementation under ``torch.compile`` beside
-its eager run. timm's model is built from the same ``ModelSpec`` (``timm_counterpart``) and must have exactly as
+its eager run; ``--compile-step`` adds ours with the loss and the optimizer step compiled as well. timm's model is built from the same ``ModelSpec`` (``timm_counterpart``) and must have exactly as
 many parameters as ours, or nothing is timed.
 """
 
@@ -144,8 +144,11 @@ class Bench:
 
 
 def prepare(
-    impl: str, build: Callable[[], nn.Module], args: argparse.Namespace, device: torch.device, compile: bool = False
+    impl: str, build: Callable[[], nn.Module], args: argparse.Namespace, device: torch.device, compile: str | None = None
 ) -> Bench:
+    """One implementation's steps. ``compile``: None (eager), ``"model"`` (``torch.compile`` of the model, what
+    ``compile=true`` does in a run) or ``"step"`` (the model with its loss as one compiled function, and the AdamW
+    step compiled too: the question whether compiling more than the model pays)."""
     torch.manual_seed(0)
     model = build().to(device)
     # Mixed precision as Lightning's "bf16-mixed": fp32 master weights, autocast compute.
@@ -154,15 +157,26 @@ def prepare(
     fwd = torch.compile(model) if compile else model
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
     y = torch.randint(0, 1000, (args.batch_size,), device=device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
+    if compile == "step":
+        # The compiled step makes its own fused kernels from the foreach implementation; a tensor lr lets a
+        # schedule change it without a recompilation (PyTorch's compiled-optimizer recipe).
+        opt = torch.optim.AdamW(model.parameters(), lr=torch.tensor(1e-4, device=device))
+        loss_fn = torch.compile(lambda x, y: nn.functional.cross_entropy(model(x), y))
+        opt_step = torch.compile(opt.step)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+        loss_fn, opt_step = (lambda x, y: nn.functional.cross_entropy(fwd(x), y)), opt.step
 
     def train_step() -> None:
         model.train()
         with autocast:
-            loss = nn.functional.cross_entropy(fwd(x), y)
+            loss = loss_fn(x, y)
         scaler.scale(loss).backward()
-        scaler.step(opt)
+        if scaler.is_enabled():
+            scaler.step(opt)  # fp16: the scaler unscales and may skip the step (the eager step)
+        else:
+            opt_step()
         scaler.update()
         opt.zero_grad(set_to_none=True)
 
@@ -209,6 +223,8 @@ def main(argv: list[str] | None = None) -> Any:
     p.add_argument("--img-size", type=int, default=None, help="default: the variant's")
     p.add_argument("--precision", choices=list(DTYPES), default=None, help="default: bf16 on GPU, fp32 on CPU")
     p.add_argument("--compile", action="store_true", help="also time both implementations under torch.compile")
+    p.add_argument("--compile-step", action="store_true", help="also time ours with its loss and AdamW step "
+                   "compiled too (the model and loss as one function, the optimizer step as another)")  # fmt: skip
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10, help="steps per timed round")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
@@ -258,12 +274,14 @@ def main(argv: list[str] | None = None) -> Any:
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(
         f"{spec.arch} @ {args.img_size}, batch {args.batch_size}, {args.precision}, "
-        f"compile={args.compile}, {dev_name}, torch {torch.__version__}"
+        f"compile={args.compile}, compile_step={args.compile_step}, {dev_name}, torch {torch.__version__}"
     )
     print(f"model FLOPs: {flops / 1e9:.2f} GFLOPs/image forward; peak: {f'{peak:.0f} TFLOP/s' if peak else 'unknown'}")
     benches = [prepare(name, build, args, device) for name, build in impls]
     if args.compile:
-        benches += [prepare(f"{name} compiled", build, args, device, compile=True) for name, build in impls]
+        benches += [prepare(f"{name} compiled", build, args, device, compile="model") for name, build in impls]
+    if args.compile_step:
+        benches.append(prepare(f"{impls[0][0]} compiled step", impls[0][1], args, device, compile="step"))
     results = measure(benches, args, device, flops, peak)
     print(report(results))
     if args.json:

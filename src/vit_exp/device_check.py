@@ -2,12 +2,14 @@
 
 For a machine lent for minutes, on a bare image (one H200; torch, Lightning, timm; no Hydra, no network). Each part
 runs in its own process with its own time box, a failure is recorded and the next part runs; they run in the order
-of ``Sizes.boxes`` (install, the B/16 benchmarks, train.py, pytest, the larger models), within a 480 s budget:
+of ``Sizes.boxes`` (install, the B/16 benchmarks, train.py, pytest, the compiled step, the larger models), within a
+480 s budget:
 
 1. install the wheels that ``scripts/prepare_device.sh`` put in ``wheels/`` (Hydra, omegaconf, ..., vit_exp);
 2. ``pytest -m gpu``;
 3. ``python -m vit_exp.bench``: ViT-B/16 @ 224 (eager, then eager and compiled, ours and timm's, train and
-   inference, MFU, peak memory), ViT-B/16 @ 384 and ViT-L/16 @ 224;
+   inference, MFU, peak memory; then ours with the loss and AdamW step compiled too, ``--compile-step``),
+   ViT-B/16 @ 384 and ViT-L/16 @ 224;
 4. ``train.py`` on synthetic JPEGs written to local disk, ``hw=gpu compile=true``, host decoding and device
    decoding (``data.decode=device``; skipped where this checkout has no such key), a few hundred steps: images/s
    end to end (``results.json``) and the share of the loop's time spent waiting for the next batch (Lightning's
@@ -71,6 +73,7 @@ REAL = Sizes(
         [*B16, "--compile"],
         ["--model", "vit_base_patch16_384", "--batch-size", "64", "--precision", "bf16", "--no-timm"],
         ["--model", "vit_large_patch16_224", "--batch-size", "128", "--precision", "bf16", "--no-timm"],
+        [*B16, "--compile", "--compile-step", "--no-timm"],  # does compiling the loss and AdamW step pay?
     ],
     train_model=["model=vit_base_p16", "res=224"],
     images=6000,
@@ -89,6 +92,7 @@ REAL = Sizes(
         "host": 100,
         "device": 100,
         "pytest": 60,
+        "bench4": 150,
         "bench2": 40,
         "bench3": 40,
     },
@@ -196,7 +200,7 @@ def run_pytest(sizes: Sizes, out: Path) -> Part:
 
 
 def run_bench(i: int, args: list[str], sizes: Sizes, tmp: Path) -> Part:
-    part = Part(f"bench {args[1]}" + (" --compile" if "--compile" in args else ""))
+    part = Part(f"bench {args[1]}" + "".join(f" {a}" for a in ("--compile", "--compile-step") if a in args))
     path = tmp / f"bench{i}.json"
     _run(part, [sys.executable, "-m", "vit_exp.bench", *args, "--json", str(path)], sizes.boxes[f"bench{i}"])
     if path.is_file():
