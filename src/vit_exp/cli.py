@@ -113,7 +113,7 @@ def end_process(code: int) -> NoReturn:
     What an exit does that matters is done here, in the interpreter's order: join the threads that are not
     daemons, run the ``atexit`` handlers (logging's flush and close, multiprocessing's reaping of loader workers,
     W&B's), flush stdout and stderr. What is left out is freeing the several thousand modules and their objects
-    that torch, Lightning and their dependencies loaded: 1.1-1.5 s of every run on a 2-core machine (README),
+    that torch, Lightning and their dependencies loaded: 1-3 s of every run on a 2-core machine (README),
     while nothing is written any more.
     """
     import atexit
