@@ -6,12 +6,12 @@ first ``import torch`` (``vit_exp.cli``); a value the user exported is kept. Nei
 by default (libgomp, in PyPI's torch) idle threads spin for a while (300,000 rounds) before they sleep. With
 other processes on the same cores (a laptop with a browser open, a shared CI runner) the spinning threads take
 turns with the ones doing work; ``PASSIVE`` makes them sleep at once, but where waking a thread is slow (some
-virtual machines) it costs a little at every parallel region, and a small model's step has hundreds. On two
-cores, per step of the default run's loop (ms): idle, PASSIVE 63, spinning 35; beside one busy process,
-PASSIVE 60, spinning 80-83. So ``hw.omp_wait_policy: auto`` (``hw=cpu``) looks before it chooses: it samples
-how busy the CPUs it may use are while the command line is parsed (``/proc/stat``, less this process's own
-time) and chooses ``PASSIVE`` when other processes leave fewer idle CPUs than its threads need, OpenMP's
-default otherwise. It is a look at one moment: ``passive`` or ``active`` fix the policy for a run.
+virtual machines) it costs a little at every parallel region, and a small model's step has hundreds. 3-epoch
+default runs on two cores (README), img/s: idle, PASSIVE 915-1,047, spinning 1,560-1,678; beside a busy
+process, PASSIVE 896-1,124, spinning 443-504. So ``hw.omp_wait_policy: auto`` (``hw=cpu``) looks before it
+chooses: it samples how busy the CPUs it may use are while the command line is parsed (``/proc/stat``, less this
+process's own time) and chooses ``PASSIVE`` when other processes leave fewer idle CPUs than its threads need,
+OpenMP's default otherwise. It is a look at one moment: ``passive`` or ``active`` fix the policy for a run.
 
 ``hw.threads: auto`` keeps torch's own choice (one thread per physical core), capped to the CPUs this process
 may run on (its affinity mask) and to its cgroup CPU quota (a container given 2 CPUs of a 64-core host). A
