@@ -161,3 +161,20 @@ def test_a_command_returns_at_a_python_prompt(tmp_path: Path) -> None:
                           timeout=60, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "still here" in done.stdout
+
+
+@pytest.mark.parametrize("top_level", [True, False])
+def test_a_finished_command_ends_its_process_only_from_the_top_level(tmp_path: Path, top_level: bool) -> None:
+    """Called by the main script's top level (train.py, a console script), the command ends the process without
+    the interpreter's teardown (an object's finaliser never runs); called from a function (a test, a user's
+    script), ``train()`` returns and the interpreter ends as usual."""
+    code = ("import sys\nfrom vit_exp.cli import train\n"
+            "class Finalised:\n    def __del__(self):\n        print('teardown')\n"
+            "probe = Finalised()\nsys.argv = ['train.py', '--cfg', 'job']\n"
+            + ("train()\nprint('returned')\n" if top_level else
+               "def run():\n    train()\n    print('returned')\nrun()\n"))  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("# model: vit_micro_patch4_16")  # the command ran
+    assert ("returned" in done.stdout, "teardown" in done.stdout) == (not top_level, not top_level)

@@ -5,7 +5,8 @@ Before Hydra runs, the overrides are checked against the config (``vit_exp.overr
 gets the closest real one). Only Hydra and OmegaConf are imported at start-up, so that ``--help`` answers at
 once; ``--cfg job`` adds torch (the model's name comes from its ``ModelSpec``), and Lightning comes in when a run
 starts. A run that stops with a user error
-before it wrote anything of its own leaves no run directory behind.
+before it wrote anything of its own leaves no run directory behind; a command that finished ends its process
+without the interpreter's teardown (``end_process``).
 """
 
 from __future__ import annotations
@@ -79,8 +80,9 @@ def _remove_unused_run_dir() -> None:
 
 
 def _main(task_main: Callable[[], Any], config_name: str) -> Callable[[], None]:
-    """The console entry point: check the command line's overrides, hand over to ``hydra.main``, then end the
-    process (``end_process``; not at a Python prompt or in a notebook, where the session goes on)."""
+    """The console entry point: check the command line's overrides, hand over to ``hydra.main``; then, called by
+    a program's top level (``train.py``, ``vit-train``, ``python -c``), end the process (``end_process``; not
+    when other code called it, nor at a Python prompt or in a notebook, where the session goes on)."""
 
     def main() -> None:
         from vit_exp.errors import ConfigError
@@ -95,11 +97,17 @@ def _main(task_main: Callable[[], Any], config_name: str) -> Callable[[], None]:
         if shown is not None and "model" in shown:  # --cfg: open with the model's name, as a YAML comment
             print(f"# model: {model_name(shown.model)}  (what the config below builds)")
         task_main()
-        if not _interactive():
+        if _called_by_the_program(sys._getframe(1)) and not _interactive():
             end_process(0)
 
     main.__doc__ = task_main.__doc__
     return main
+
+
+def _called_by_the_program(caller: Any) -> bool:
+    """The caller's frame is the main script's top level (``train.py``, a console script, ``python -c``), not a
+    function (a test, a user's code that goes on after the command)."""
+    return caller.f_code.co_name == "<module>" and caller.f_globals.get("__name__") == "__main__"
 
 
 def _interactive() -> bool:
