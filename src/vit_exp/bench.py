@@ -6,8 +6,9 @@
 Prints, for each implementation: training images/s (forward + backward + AdamW step), inference images/s,
 peak device memory, and model-FLOPs utilisation (MFU: model FLOPs per second over the device's peak), and each
 one's speed relative to timm in eager mode. ``--compile`` adds each implementation under ``torch.compile`` beside
-its eager run; ``--compile-step`` adds ours with the loss and the optimizer step compiled as well. timm's model is built from the same ``ModelSpec`` (``timm_counterpart``) and must have exactly as
-many parameters as ours, or nothing is timed.
+its eager run; ``--compile-step`` adds ours with the loss and the optimizer step compiled as well. timm's model
+is built from the same ``ModelSpec`` (``timm_counterpart``) and must have exactly as many parameters as ours, or
+nothing is timed.
 """
 
 from __future__ import annotations
