@@ -156,7 +156,8 @@ def test_end_process_does_what_an_exit_does_that_matters(tmp_path: Path) -> None
 
 def test_a_command_returns_at_a_python_prompt(tmp_path: Path) -> None:
     """``python -i``: the session goes on after the command (``end_process`` only ends a command's own process)."""
-    code = "import sys; from vit_exp.cli import train; sys.argv = ['train.py', '--cfg', 'job']; train(); print('still here')"
+    code = ("import sys; from vit_exp.cli import train; sys.argv = ['train.py', '--cfg', 'job']; train(); "
+            "print('still here')")
     done = subprocess.run([sys.executable, "-i", "-c", code], cwd=tmp_path, input="", capture_output=True, text=True,
                           timeout=60, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr

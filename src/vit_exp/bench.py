@@ -145,7 +145,11 @@ class Bench:
 
 
 def prepare(
-    impl: str, build: Callable[[], nn.Module], args: argparse.Namespace, device: torch.device, compile: str | None = None
+    impl: str,
+    build: Callable[[], nn.Module],
+    args: argparse.Namespace,
+    device: torch.device,
+    compile: str | None = None,
 ) -> Bench:
     """One implementation's steps. ``compile``: None (eager), ``"model"`` (``torch.compile`` of the model, what
     ``compile=true`` does in a run) or ``"step"`` (the model with its loss as one compiled function, and the AdamW
