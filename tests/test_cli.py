@@ -134,15 +134,19 @@ def test_a_run_that_fails_its_checks_leaves_nothing_under_outputs(tmp_path: Path
 
 
 def test_end_process_does_what_an_exit_does_that_matters(tmp_path: Path) -> None:
-    """The threads finish, the atexit handlers run, buffered output comes out, the code is the one given."""
+    """The threads finish, the atexit handlers run, buffered output comes out, the code is the one given; an idle
+    executor left open (its worker waits for work that never comes) ends as at an exit, without a hang."""
     code = (
         "import atexit, sys, threading, time\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"
         "from vit_exp.cli import end_process\n"
         "atexit.register(lambda: print('atexit ran'))\n"
         "def late():\n"
         "    time.sleep(0.3)\n"
         "    open(sys.argv[1], 'w').write('thread done')\n"
         "threading.Thread(target=late).start()\n"
+        "pool = ThreadPoolExecutor(1)\n"
+        "pool.submit(time.sleep, 0)\n"
         "print('buffered', end=' ')\n"
         "end_process(3)\n"
         "print('never')\n"

@@ -118,20 +118,19 @@ def _interactive() -> bool:
 def end_process(code: int) -> NoReturn:
     """End the process as the interpreter would, without its teardown.
 
-    What an exit does that matters is done here, in the interpreter's order: join the threads that are not
-    daemons, run the ``atexit`` handlers (logging's flush and close, multiprocessing's reaping of loader workers,
-    W&B's), flush stdout and stderr. What is left out is freeing the several thousand modules and their objects
-    that torch, Lightning and their dependencies loaded: 1-3 s of every run on a 2-core machine (README),
-    while nothing is written any more.
+    What an exit does that matters is done here, in the interpreter's order: ``threading``'s shutdown (its exit
+    hooks, which end idle ``concurrent.futures`` workers such as a checkpoint writer's, then a join of the threads
+    that are not daemons), the ``atexit`` handlers (logging's flush and close, multiprocessing's reaping of loader
+    workers, W&B's), a flush of stdout and stderr. What is left out is freeing the several thousand modules and
+    their objects that torch, Lightning and their dependencies loaded: 1-3 s of every run on a 2-core machine
+    (README), while nothing is written any more.
     """
     import atexit
     import os
     import threading
 
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
-    atexit._run_exitfuncs()  # (private, stable since Python 2: what the interpreter itself calls)
+    threading._shutdown()  # (private, in every Python since 3.4: what the interpreter itself calls first)
+    atexit._run_exitfuncs()  # (private, stable since Python 2: what the interpreter itself calls next)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):  # a closed or broken pipe: nothing left to flush
             stream.flush()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,67 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path: Path, mon
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary file left behind
     io.save_checkpoint({"global_step": 3}, path)  # and the next save replaces it
     assert _ckpt(path)["global_step"] == 3
+
+
+def _writer_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("checkpoint-writer")]
+
+
+def test_a_background_save_writes_the_state_as_it_was_when_asked(tmp_path: Path) -> None:
+    """The caller goes on while the writer works: what the file holds is the state at the save, not what the
+    next step made of the tensors; a removal waits for the saves queued before it; a read waits for them all."""
+    io = AtomicCheckpointIO(background=True)
+    w = torch.ones(1000)
+    kept, dropped = tmp_path / "last.ckpt", tmp_path / "epoch=0.ckpt"
+    io.save_checkpoint({"global_step": 1, "w": w}, dropped)
+    io.remove_checkpoint(dropped)  # queued after its own save: the file does not come back
+    io.save_checkpoint({"global_step": 1, "w": w}, kept)
+    w.add_(1)  # the next optimizer step, in place, while the writer may still be writing
+    loaded = io.load_checkpoint(kept)
+    assert loaded["global_step"] == 1 and torch.equal(loaded["w"], torch.ones(1000))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"] and _writer_threads()
+    io.teardown()
+    assert not _writer_threads()
+
+
+def test_a_failed_background_save_raises_at_the_next_call_and_keeps_the_previous_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    io = AtomicCheckpointIO(background=True)
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1}, path)
+    io.flush()
+
+    def full_disk(obj: object, f: object, *args: object, **kwargs: object) -> None:
+        f.write(b"half a checkpoint")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    io.save_checkpoint({"global_step": 2}, path)  # returns: the writer fails later
+    with pytest.raises(OSError, match="No space left"):
+        io.flush()
+    monkeypatch.undo()
+    assert _ckpt(path)["global_step"] == 1 and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    io.save_checkpoint({"global_step": 3}, path)
+    io.teardown()
+    assert _ckpt(path)["global_step"] == 3
+
+
+def test_a_run_with_background_saves_writes_what_a_run_without_them_writes(tiny_cfg, tmp_path: Path) -> None:
+    """train.py with trainer.plugins.0.background=true: the same figures, and checkpoints that hold the same
+    weights and step as the synchronous writer's."""
+    results = {}
+    for background in (False, True):
+        cfg = tiny_cfg(f"trainer.plugins.0.background={str(background).lower()}", "trainer.max_epochs=2",
+                       run_dir=tmp_path / str(background))  # fmt: skip
+        results[background] = run.train(cfg)
+    for name in ("best.ckpt", "last.ckpt"):
+        sync, background = (_ckpt(tmp_path / str(b) / "checkpoints" / name) for b in (False, True))
+        assert sync["global_step"] == background["global_step"] > 0
+        assert sync["state_dict"].keys() == background["state_dict"].keys()
+        assert all(torch.equal(sync["state_dict"][k], background["state_dict"][k]) for k in sync["state_dict"])
+    assert results[False].top1 == results[True].top1 and results[True].steps > 0
+    assert not _writer_threads()
 
 
 def test_the_trainer_writes_checkpoints_through_it(tiny_cfg) -> None:
@@ -348,15 +410,21 @@ def _fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")  # resuming into it
+@pytest.mark.parametrize("background", [False, True], ids=["sync-writer", "background-writer"])
 def test_slurm_preemption_saves_requeues_and_the_requeued_job_continues(
-    tiny_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, background: bool
 ) -> None:
     """SIGUSR1 under SLURM: last.ckpt at that step, `scontrol requeue JOBID`, exit status 0; the same command
-    again (the requeued job) continues that checkpoint, in the same run directory and the same W&B run."""
+    again (the requeued job) continues that checkpoint, in the same run directory and the same W&B run. With
+    the checkpoint writer in the background, the save is on disk before the job is requeued."""
     calls = _fake_slurm(tmp_path, monkeypatch)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    with open(tmp_path / "bin" / "scontrol", "a") as scontrol:  # what the requeued job will find
+        scontrol.write(f"[ -f {last} ] && echo on-disk >> {calls}\n")
     monkeypatch.setenv("HOME", str(tmp_path))  # no W&B credentials: offline
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    job = ["resume=auto", "trainer.max_epochs=2", "++trainer.limit_train_batches=6", "logger=wandb"]
+    job = ["resume=auto", "trainer.max_epochs=2", "++trainer.limit_train_batches=6", "logger=wandb",
+           f"trainer.plugins.0.background={str(background).lower()}"]  # fmt: skip
     signalled = [
         f"+callbacks.preempt._target_={HELPERS}.SignalAtStep",
         "+callbacks.preempt.step=4",
@@ -367,8 +435,7 @@ def test_slurm_preemption_saves_requeues_and_the_requeued_job_continues(
         run.train(tiny_cfg(*job, *signalled))
     assert exit_info.value.code == 0
     assert signal.getsignal(signal.SIGUSR1) == default_handler  # handlers restored
-    assert calls.read_text().split() == ["requeue", "4242"]
-    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert calls.read_text().split() == ["requeue", "4242", "on-disk"]
     saved = _ckpt(last)
     assert saved["global_step"] == 5  # saved at the end of the step during which the signal came
     assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 0, "batches": 5}]

@@ -108,6 +108,9 @@ class Preemption(pl.Callback):
             return
         name = signal.Signals(self.received).name if self.received else "a signal to another rank"
         trainer.save_checkpoint(self.path)
+        flush = getattr(trainer.strategy.checkpoint_io, "flush", None)  # a writer in the background: wait for it
+        if flush is not None:
+            flush()
         requeue = self.requeue if self.requeue is not None else "SLURM_JOB_ID" in os.environ
         if requeue and trainer.is_global_zero:
             _requeue_slurm_job()

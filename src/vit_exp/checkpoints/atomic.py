@@ -6,31 +6,95 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.strategies import FSDPStrategy
+from lightning_utilities.core.apply_func import apply_to_collection
 
 from vit_exp import compat
 from vit_exp.checkpoints import swap_names
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` into a temporary file beside the target, fsync, then ``os.replace`` over it.
+    """``torch.save`` into a temporary file beside the target, fsync, then ``os.replace`` over it; with
+    ``background``, written by a thread while training goes on.
 
     A crash, a full disk or a SIGKILL during the save leaves the previous checkpoint as it was (Lightning's own
     writer buffers the whole checkpoint in memory and, for local files, moves it from the system temp directory,
     which is a copy, not an atomic rename, when that is another file system). Remote paths (``s3://``) go
     through Lightning's writer unchanged.
+
+    ``background``: the caller's thread copies the checkpoint's tensors (to host memory: a point-in-time
+    snapshot the next optimizer step cannot change) and returns; one writer thread serialises, writes, fsyncs
+    and renames, in the order the saves and removals were asked for. Lightning's ``AsyncCheckpointIO`` does the
+    first half, but it removes files at once (a removal can overtake a save still queued for that file), reads
+    a file still being written, and keeps cloned accelerator tensors in accelerator memory. A file that is read
+    (``load_checkpoint``), a ``flush()`` and ``teardown()`` (the end of fit and of test) wait for every write
+    before it; a write that failed raises there, or at the next save, and the file it was replacing is intact.
+    A SIGKILL loses at most the saves still queued: the last checkpoint on disk is then the one before, whole.
     """
+
+    def __init__(self, background: bool = False) -> None:
+        super().__init__()
+        self.background = background
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
         if storage_options is not None or "://" in str(path):
+            self.flush()
             return super().save_checkpoint(checkpoint, path, storage_options)
-        save_atomically(checkpoint, path)
+        if not self.background:
+            return save_atomically(checkpoint, path)
+        self._raise_failed()
+        snapshot = apply_to_collection(checkpoint, torch.Tensor, _host_copy)
+        self._submit(save_atomically, snapshot, path)
+
+    def remove_checkpoint(self, path: str | Path) -> None:
+        if self.background and "://" not in str(path):
+            self._submit(super().remove_checkpoint, path)  # after the saves queued before it
+        else:
+            super().remove_checkpoint(path)
+
+    def load_checkpoint(self, path: str | Path, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        self.flush()
+        return super().load_checkpoint(path, *args, **kwargs)
+
+    def flush(self) -> None:
+        """Wait until every queued save and removal is done; raise the first that failed."""
+        futures.wait(self._pending)
+        self._raise_failed()
+
+    def teardown(self) -> None:
+        try:
+            self.flush()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
+
+    def _submit(self, fn: Callable[..., None], *args: Any) -> None:
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
+        self._pending.append(self._writer.submit(fn, *args))
+
+    def _raise_failed(self) -> None:
+        done = [f for f in self._pending if f.done()]
+        self._pending = [f for f in self._pending if not f.done()]
+        for future in done:
+            if future.exception() is not None:
+                raise future.exception()
+
+
+def _host_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy in host memory that later in-place updates of ``tensor`` leave as it is."""
+    return tensor.detach().to("cpu", copy=True)
 
 
 def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
