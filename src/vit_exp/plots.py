@@ -87,7 +87,12 @@ def plot_training_curves(metrics_csv: str | Path, out: str | Path | None = None)
             f"{metrics_csv} has no loss, learning-rate or top-1 column (it has {sorted(series) or 'no metrics'}); "
             "is it the metrics.csv of a training run?"
         )
-    fig = Figure(figsize=(4.5 * len(panels), 3.4), layout="constrained")
+    # Margins in inches, fixed: the panels' labels are always the same few short strings. A layout engine
+    # ("constrained") would draw the figure once more to measure them, about half of the plot's 0.3 s here.
+    width, height = 4.5 * len(panels), 3.4
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(left=0.8 / width, right=1 - 0.15 / width, bottom=0.5 / height, top=1 - 0.35 / height,
+                        wspace=0.85 / (4.5 - 0.85))  # fmt: skip
     styles = ("-", "--", ":", "-.")
     for ax, (title, keys) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
         lines = _lr_lines(series, keys) if title == "learning rate" else [(k, [k]) for k in keys]
