@@ -3,6 +3,7 @@ set before torch loads it), threads follow ``hw.threads``, TF32 on CUDA; bad val
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -175,3 +176,33 @@ def test_profiles_carry_the_settings(tmp_path: Path) -> None:
     gpu = compose("train", ["hw=gpu", "hw.matmul_precision=medium"], tmp_path)
     assert (gpu.hw.matmul_precision, gpu.trainer.precision) == ("medium", "bf16-mixed")
     assert compose("train", ["trainer=cpu", "hw.threads=1"], tmp_path).hw.threads == 1
+
+
+# --- the garbage collector: paused while a command starts, start-up's objects frozen before the first step ----------
+
+
+def test_a_command_trains_with_the_collector_on_and_start_up_frozen(tmp_path: Path) -> None:
+    state = tmp_path / "gc.json"
+    done = subprocess.run(
+        [sys.executable, "train.py", "model=vit_test", "trainer.max_epochs=1", "++trainer.limit_train_batches=2",
+         "++trainer.limit_val_batches=1", "++trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'run'}",
+         "+callbacks.gc_state._target_=tests.scale.helpers.GcState", f"+callbacks.gc_state.path={state}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(state.read_text())
+    assert seen["enabled"] and seen["frozen"] > 100_000  # torch's, Lightning's and the model's objects
+
+
+def test_resume_gc_freezes_nothing_the_command_did_not_pause() -> None:
+    """In a test or a user's script (no ``pause_gc``), the collector is left as it was: nothing of theirs frozen."""
+    code = (
+        "import gc, vit_exp.hw as hw\n"
+        "junk = [[i] for i in range(1000)]\n"
+        "hw.resume_gc(); assert gc.isenabled() and gc.get_freeze_count() == 0\n"
+        "hw.pause_gc(); assert not gc.isenabled()\n"
+        "hw.resume_gc(); assert gc.isenabled() and gc.get_freeze_count() >= 1000\n"
+        "gc.disable(); hw.pause_gc(); hw.resume_gc(); assert not gc.isenabled()  # the user's own choice stays\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr

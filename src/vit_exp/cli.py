@@ -86,9 +86,10 @@ def _main(task_main: Callable[[], Any], config_name: str) -> Callable[[], None]:
 
     def main() -> None:
         from vit_exp.errors import ConfigError
-        from vit_exp.hw import start_load_sample
+        from vit_exp.hw import pause_gc, start_load_sample
         from vit_exp.overrides import check_overrides
 
+        pause_gc()  # until the first step (vit_exp.hw.resume_gc): start-up's objects would be walked again and again
         start_load_sample()  # hw.omp_wait_policy=auto looks at the CPUs while the command line is parsed
         try:
             shown = check_overrides(sys.argv[1:], CONF_DIR, config_name)

@@ -216,6 +216,9 @@ def main(cfg: DictConfig) -> list[list[tuple[str, float]]]:
     device = cfg.get("device") or "auto"
     predictor.model.to(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     log.info("%d images, %s, %d classes", len(files), predictor.model.variant_name, len(predictor.class_names))
+    from vit_exp.hw import resume_gc
+
+    resume_gc()
     results = predictor(files, topk=cfg.topk, batch_size=cfg.batch_size)
     for path, top in zip(files, results):
         print(format_predictions(path, top))

@@ -36,6 +36,7 @@ def train(cfg: DictConfig) -> Results:
 
     from vit_exp.callbacks import Throughput
     from vit_exp.checkpoints import resume_path
+    from vit_exp.hw import resume_gc
     from vit_exp.launch import ddp_job
     from vit_exp.tracking import finish_runs
 
@@ -53,6 +54,7 @@ def train(cfg: DictConfig) -> Results:
     params = sum(p.numel() for p in backbone.parameters())  # before fit: FSDP leaves each rank its shard
     # W&B runs end with the job's exit status; a sweep's next job in this process starts clean.
     # ddp_job: DDP ranks 1..N-1 in this job's run directory, writing nothing of their own.
+    resume_gc()  # start-up is over: what it built is frozen out of the collector's sight
     with finish_runs(trainer.loggers), ddp_job(trainer):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         check_trained(trainer.global_step, resumed=ckpt_path is not None)
@@ -98,10 +100,12 @@ def evaluate(cfg: DictConfig) -> Results:
         from vit_exp.checkpoints import load_weights
 
         load_weights(backbone, cfg.ckpt_path, use_ema=cfg.get("use_ema", True))
+    from vit_exp.hw import resume_gc
     from vit_exp.module import ViTModule
 
     module = ViTModule(backbone, num_classes=datamodule.num_classes, multi_label=datamodule.multi_label)
     trainer = build_trainer(cfg, [], with_config_callbacks=False)
+    resume_gc()
     trainer.test(module, datamodule=datamodule, verbose=False)
     fewshot = None
     if (cfg.get("fewshot") or {}).get("shots"):

@@ -61,3 +61,16 @@ class RecordTargets(pl.Callback):
                 "images": float(batch[0].double().sum())}
         with open(self.path, "a") as f:
             f.write(json.dumps(line) + "\n")
+
+
+class GcState(pl.Callback):
+    """Write the garbage collector's state at the first training step to ``path`` as JSON: {"enabled", "frozen"}."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        import gc
+
+        with open(self.path, "w") as f:
+            json.dump({"enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}, f)
