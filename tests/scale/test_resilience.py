@@ -94,14 +94,21 @@ def test_a_failed_background_save_raises_at_the_next_call_and_keeps_the_previous
     assert _ckpt(path)["global_step"] == 3
 
 
-def test_a_run_with_background_saves_writes_what_a_run_without_them_writes(tiny_cfg, tmp_path: Path) -> None:
-    """train.py with trainer.plugins.0.background=true: the same figures, and checkpoints that hold the same
-    weights and step as the synchronous writer's."""
+def test_a_run_with_background_saves_writes_what_a_run_without_them_writes(
+    tiny_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train.py with trainer.plugins.0.background=true: the writer thread does the saves, and the run gives the
+    same figures and checkpoints holding the same weights and step as the synchronous writer's."""
+    queued: dict[bool, list] = {False: [], True: []}
+    submit = AtomicCheckpointIO._submit
     results = {}
     for background in (False, True):
+        monkeypatch.setattr(AtomicCheckpointIO, "_submit",
+                            lambda io, fn, *args, b=background: (queued[b].append(fn), submit(io, fn, *args)))  # fmt: skip
         cfg = tiny_cfg(f"trainer.plugins.0.background={str(background).lower()}", "trainer.max_epochs=2",
                        run_dir=tmp_path / str(background))  # fmt: skip
         results[background] = run.train(cfg)
+    assert not queued[False] and queued[True]  # the override reached the writer
     for name in ("best.ckpt", "last.ckpt"):
         sync, background = (_ckpt(tmp_path / str(b) / "checkpoints" / name) for b in (False, True))
         assert sync["global_step"] == background["global_step"] > 0
