@@ -7,13 +7,14 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import datasets
 import pytest
 import torch
 
 from vit_exp.data.convert import convert, main
 from vit_exp.data.folder import ImageFolderSource
 from vit_exp.data.shards import ShardSource, read_shard
+
+datasets = pytest.importorskip("datasets")  # a dependency, yet absent from the GPU image (pytest -m gpu there)
 
 
 @pytest.mark.parametrize("fmt", ["wds", "parquet"])

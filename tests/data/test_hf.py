@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import datasets
 import pytest
 import torch
 
 from vit_exp.data.hf import HFSource
+
+datasets = pytest.importorskip("datasets")  # a dependency, yet absent from the GPU image (pytest -m gpu there)
 
 
 @pytest.fixture

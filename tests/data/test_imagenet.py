@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datasets
 import pytest
 import torch
 import webdataset as wds
@@ -11,6 +10,8 @@ from vit_exp.data.folder import ImageFolderSource
 from vit_exp.data.hf import HFSource
 from vit_exp.data.imagenet import imagenet_source
 from vit_exp.data.shards import ShardSource
+
+datasets = pytest.importorskip("datasets")  # a dependency, yet absent from the GPU image (pytest -m gpu there)
 
 
 def test_folder_layout(image_folder):

@@ -13,8 +13,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 import webdataset as wds
@@ -25,6 +23,9 @@ from vit_exp.data.order import resumable_loader
 from vit_exp.data.shard_index import ShardReader
 from vit_exp.data.shards import ShardSource
 from vit_exp.data.stream import rank_order
+
+pa = pytest.importorskip("pyarrow")  # a dependency, yet a bare image may lack it: skip there, not a collection error
+pq = pytest.importorskip("pyarrow.parquet")
 
 SHARDS, PER_SHARD = 10, 12
 
