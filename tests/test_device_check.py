@@ -1,6 +1,6 @@
 """The prepared GPU check (``scripts/device_check.py``) runs end to end as a CPU dry run, so that it cannot rot
 before a GPU is lent: every part runs (the carried wheels installed, pytest, the benchmark, train.py on
-synthetic JPEGs with host and device decoding) and the JSON and the Markdown table are written."""
+synthetic JPEGs with host and device decoding, the checkpoint writers) and the JSON and the Markdown table are written."""
 
 from __future__ import annotations
 
@@ -41,6 +41,8 @@ def test_dry_run_runs_every_part_and_writes_the_report(tmp_path: Path, monkeypat
     assert bench["arch"] == "vit_tiny_patch16_32" and bench["results"][0]["train_ips"] > 0
     host = parts["train.py data.decode=host"]["data"]
     assert host["steps"] == 4 and host["images_per_s"] > 0 and 0 < host["wait_share"] < 1
+    writers = {w["writer"]: w for w in parts["checkpoint writers"]["data"]["writers"]}
+    assert set(writers) == {"none", "sync", "background"} and writers["sync"]["held_ms_per_save"] > 0
     # device decoding: measured where this checkout has it, reported as skipped (not failed) where not
     assert parts["train.py data.decode=device"]["status"] in ("ok", "skipped")
     table = (out / "device_check.md").read_text()

@@ -142,6 +142,7 @@ class Bench:
     train_step: Callable[[], None]
     infer_step: Callable[[], None]
     model: nn.Module
+    optimizer: torch.optim.Optimizer
 
 
 def prepare(
@@ -190,7 +191,7 @@ def prepare(
         with torch.inference_mode(), autocast:
             fwd(x)
 
-    return Bench(impl, train_step, infer_step, model)
+    return Bench(impl, train_step, infer_step, model, opt)
 
 
 def measure(benches: list[Bench], args: argparse.Namespace, device: torch.device, flops: float, peak: float | None) -> list[Result]:

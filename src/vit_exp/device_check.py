@@ -2,15 +2,17 @@
 
 For a machine lent for minutes, on a bare image (one H200; torch, Lightning, timm; no Hydra, no network). Each part
 runs in its own process with its own time box, a failure is recorded and the next part runs; they run in the order
-of ``Sizes.boxes`` (install, the B/16 benchmarks, train.py, pytest, the compiled step, the larger models), within a
-480 s budget:
+of ``Sizes.boxes`` (install, the B/16 benchmarks, train.py, pytest, the checkpoint writers, the compiled step, the
+larger models), within a 480 s budget:
 
 1. install the wheels that ``scripts/prepare_device.sh`` put in ``wheels/`` (Hydra, omegaconf, ..., vit_exp);
 2. ``pytest -m gpu``;
 3. ``python -m vit_exp.bench``: ViT-B/16 @ 224 (eager, then eager and compiled, ours and timm's, train and
    inference, MFU, peak memory; then ours with the loss and AdamW step compiled too, ``--compile-step``),
    ViT-B/16 @ 384 and ViT-L/16 @ 224;
-4. ``train.py`` on synthetic JPEGs written to local disk, ``hw=gpu compile=true``, host decoding and device
+4. ``python -m vit_exp.bench_checkpoint``: a ~1 GB checkpoint (B/16 and AdamW's state) every 10 steps, written
+   synchronously, in the background and not at all;
+5. ``train.py`` on synthetic JPEGs written to local disk, ``hw=gpu compile=true``, host decoding and device
    decoding (``data.decode=device``; skipped where this checkout has no such key), a few hundred steps: images/s
    end to end (``results.json``) and the share of the loop's time spent waiting for the next batch (Lightning's
    ``SimpleProfiler``: ``train_dataloader_next`` over it plus ``run_training_batch``).
@@ -55,6 +57,7 @@ class Sizes:
 
     pytest: list[str]
     benches: list[list[str]]
+    checkpoint: list[str]
     train_model: list[str]
     images: int
     image_side: int
@@ -75,6 +78,8 @@ REAL = Sizes(
         ["--model", "vit_large_patch16_224", "--batch-size", "128", "--precision", "bf16", "--no-timm"],
         [*B16, "--compile", "--compile-step", "--no-timm"],  # does compiling the loss and AdamW step pay?
     ],
+    # does the background checkpoint writer pay where the step runs on a GPU? (~1 GB: B/16's weights and AdamW's)
+    checkpoint=[*B16, "--steps", "30", "--every", "10", "--rounds", "2"],
     train_model=["model=vit_base_p16", "res=224"],
     images=6000,
     image_side=320,
@@ -92,6 +97,7 @@ REAL = Sizes(
         "host": 100,
         "device": 100,
         "pytest": 60,
+        "checkpoint": 60,
         "bench4": 150,
         "bench2": 40,
         "bench3": 40,
@@ -103,6 +109,8 @@ DRY = Sizes(
         ["--model", "vit_tiny_patch16_224", "--img-size", "32", "--batch-size", "2", "--iters", "1", "--rounds", "1"]
         + ["--warmup", "1", "--device", "cpu", "--no-timm"]
     ],
+    checkpoint=["--model", "vit_tiny_patch16_224", "--img-size", "32", "--batch-size", "2", "--steps", "2"]
+    + ["--every", "1", "--rounds", "1", "--device", "cpu"],
     train_model=["model=vit_test", "res=32"],
     images=40,
     image_side=40,
@@ -110,7 +118,7 @@ DRY = Sizes(
     steps=4,
     workers=0,
     hw=["hw=cpu"],
-    boxes={"install": 60, "bench0": 60, "jpegs": 30, "host": 90, "device": 90, "pytest": 60},
+    boxes={"install": 60, "bench0": 60, "jpegs": 30, "host": 90, "device": 90, "pytest": 60, "checkpoint": 60},
 )
 
 
@@ -208,6 +216,17 @@ def run_bench(i: int, args: list[str], sizes: Sizes, tmp: Path) -> Part:
     return part
 
 
+def run_checkpoint(sizes: Sizes, tmp: Path) -> Part:
+    """``python -m vit_exp.bench_checkpoint``: the synchronous and the background checkpoint writer, and none."""
+    part = Part("checkpoint writers")
+    path = tmp / "checkpoint.json"
+    command = [sys.executable, "-m", "vit_exp.bench_checkpoint", *sizes.checkpoint, "--dir", str(tmp)]
+    _run(part, [*command, "--json", str(path)], sizes.boxes["checkpoint"])
+    if path.is_file():
+        part.data = json.loads(path.read_text())
+    return part
+
+
 def write_jpegs(root: Path, sizes: Sizes) -> Part:
     """``root/{train,val}/<class>/*.jpg``: random images (noise does not compress: a worst case for decoding)."""
     part = Part("synthetic jpegs")
@@ -293,6 +312,10 @@ def _figures(p: Part) -> str:
             mem = f", {r['peak_mem_gib']:.1f} GiB" if r.get("peak_mem_gib") else ""
             rows.append(f"{r['impl']}: train {r['train_ips']:.0f} img/s, infer {r['infer_ips']:.0f} img/s{mfu}{mem}")
         return f"{p.data.get('arch')} b{p.data.get('batch_size')}: " + "; ".join(rows)
+    if "writers" in p.data:  # the checkpoint writers
+        rows = [f"{w['writer']}: {w['round_s']:.2f} s, held {w['held_ms_per_save']:.0f} ms/save, cost "
+                f"{w['cost_ms_per_save']:.0f} ms/save" for w in p.data["writers"]]  # fmt: skip
+        return f"{p.data['saves']} saves of {p.data['checkpoint_mb']:.0f} MB: " + "; ".join(rows)
     return ", ".join(f"{k} {v}" for k, v in p.data.items() if not isinstance(v, list))
 
 
@@ -319,6 +342,7 @@ def main(argv: list[str] | None = None) -> list[Part]:
         "host": lambda: run_train("host", tmp / "jpegs", sizes, tmp),
         "device": lambda: run_train("device", tmp / "jpegs", sizes, tmp),
         "pytest": lambda: run_pytest(sizes, out),
+        "checkpoint": lambda: run_checkpoint(sizes, tmp),
         **{f"bench{i}": lambda i=i, a=a: run_bench(i, a, sizes, tmp) for i, a in enumerate(sizes.benches) if i},
     }
     for make in [makers[k] for k in sizes.boxes]:
