@@ -46,7 +46,26 @@ def test_dry_run_runs_every_part_and_writes_the_report(tmp_path: Path, monkeypat
     # device decoding: measured where this checkout has it, reported as skipped (not failed) where not
     assert parts["train.py data.decode=device"]["status"] in ("ok", "skipped")
     table = (out / "device_check.md").read_text()
-    assert "| train.py data.decode=host | ok |" in table and "wait_share" in table
+    assert "| train.py data.decode=host | host | ok |" in table and "wait_share" in table
+
+
+def test_parts_runs_only_those_and_names_the_ones_to_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(device_check, "SITE", tmp_path / "site")
+    monkeypatch.setattr(device_check, "run_checkpoint", lambda sizes, tmp: device_check.Part("writers", "failed"))
+    out = tmp_path / "out"
+    device_check.main(["--dry-run", "--parts", "checkpoint,host", "--out", str(out), "--tmp", str(tmp_path / "w"),
+                       "--wheels", str(_wheel(tmp_path / "wheels"))])  # fmt: skip
+    keys = [p["key"] for p in json.loads((out / "device_check.json").read_text())["parts"]]
+    assert keys == ["install", "jpegs", "host", "checkpoint"]  # the order of a whole check; host needs the JPEGs
+    assert capsys.readouterr().out.endswith("python3 scripts/device_check.py --parts checkpoint\n")
+
+
+def test_parts_refuses_a_part_that_does_not_exist(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        device_check.main(["--dry-run", "--parts", "device,bench9"])
+    assert e.value.code == 2 and "--parts device,bench9: no part bench9; choose from bench0," in capsys.readouterr().err
 
 
 def test_only_wheels_for_this_python_are_installed() -> None:

@@ -17,8 +17,10 @@ larger models), within a 480 s budget:
    end to end (``results.json``) and the share of the loop's time spent waiting for the next batch (Lightning's
    ``SimpleProfiler``: ``train_dataloader_next`` over it plus ``run_training_batch``).
 
-Writes ``device_check.json`` and ``device_check.md`` to ``$OUT`` (or ``--out``). ``--dry-run``: the same parts at
-tiny sizes on the CPU (vit_test, 32 px, a few steps), which a test runs. Only the standard library is imported
+Writes ``device_check.json`` and ``device_check.md`` to ``$OUT`` (or ``--out``) and, where a part did not pass,
+the command that runs only those again (``--parts device,bench4``: the install always runs, the JPEGs with the
+train.py parts), to fit a second try in what is left of the device time. ``--dry-run``: the same parts at tiny
+sizes on the CPU (vit_test, 32 px, a few steps), which a test runs. Only the standard library is imported
 here: the parts run in child processes, after the install.
 """
 
@@ -46,6 +48,7 @@ class Part:
 
     name: str
     status: str = "ok"
+    key: str = ""  # its name for --parts (a key of Sizes.boxes)
     seconds: float = 0.0
     detail: str = ""
     data: dict[str, Any] = field(default_factory=dict)
@@ -297,10 +300,10 @@ def run_train(decode: str, data: Path, sizes: Sizes, tmp: Path) -> Part:
 
 def markdown(parts: list[Part], header: str) -> str:
     """One table: each part, its status and time, and its main figures."""
-    lines = [f"# device check: {header}", "", "| part | status | s | figures |", "|---|---|---|---|"]
+    lines = [f"# device check: {header}", "", "| part | key | status | s | figures |", "|---|---|---|---|---|"]
     for p in parts:
         figures = p.detail if p.status != "ok" else _figures(p)
-        lines.append(f"| {p.name} | {p.status} | {p.seconds:.0f} | {figures.replace('|', '/')} |")
+        lines.append(f"| {p.name} | {p.key} | {p.status} | {p.seconds:.0f} | {figures.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -326,9 +329,18 @@ def main(argv: list[str] | None = None) -> list[Part]:
     p.add_argument("--wheels", default=str(ROOT / "wheels"), help="the wheels scripts/prepare_device.sh made")
     p.add_argument("--tmp", default="/tmp/vit_exp_device_check", help="local disk for the JPEGs and the runs")
     p.add_argument("--budget", type=float, default=480.0, help="seconds for the whole check (parts past it: skipped)")
+    p.add_argument("--parts", help="only these parts, comma-separated (the report's keys, e.g. device,bench4); the "
+                   "install always runs, the JPEGs with host or device")  # fmt: skip
     args = p.parse_args(argv)
     CLOCK.start, CLOCK.budget = time.perf_counter(), args.budget
     sizes = DRY if args.dry_run else REAL
+    keys = list(sizes.boxes)
+    if args.parts:
+        wanted = {k.strip() for k in args.parts.split(",") if k.strip()}
+        if unknown := sorted(wanted - set(keys)):
+            p.error(f"--parts {args.parts}: no part {', '.join(unknown)}; choose from {','.join(keys[1:])}")
+        wanted |= {"install"} | ({"jpegs"} if wanted & {"host", "device"} else set())
+        keys = [k for k in keys if k in wanted]
     out, tmp = Path(args.out), Path(args.tmp)
     out.mkdir(parents=True, exist_ok=True)
     tmp.mkdir(parents=True, exist_ok=True)
@@ -345,8 +357,9 @@ def main(argv: list[str] | None = None) -> list[Part]:
         "checkpoint": lambda: run_checkpoint(sizes, tmp),
         **{f"bench{i}": lambda i=i, a=a: run_bench(i, a, sizes, tmp) for i, a in enumerate(sizes.benches) if i},
     }
-    for make in [makers[k] for k in sizes.boxes]:
-        part = make()
+    for key in keys:
+        part = makers[key]()
+        part.key = key
         parts.append(part)
         report["parts"] = [asdict(x) for x in parts]
         print(f"[{time.perf_counter() - start:5.0f} s] {part.name}: {part.status} {part.detail}", flush=True)
@@ -356,6 +369,8 @@ def main(argv: list[str] | None = None) -> list[Part]:
     header = f"{'dry run, CPU' if args.dry_run else 'GPU'}; {report['seconds']:.0f} s; Python {report['python']}"
     (out / "device_check.md").write_text(markdown(parts, header))
     print(markdown(parts, header))
+    if again := [x.key for x in parts if x.status != "ok" and x.key != "install"]:
+        print(f"to run what did not pass again: python3 scripts/device_check.py --parts {','.join(again)}")
     return parts
 
 
