@@ -121,17 +121,51 @@ def peak_tflops(device: torch.device, precision: str, override: float | None) ->
     return next((v[precision] for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a timer's edges)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _timed(step: Callable[[], None], device: torch.device, warmup: int, iters: int) -> float:
     for _ in range(warmup):
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(iters):
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     return time.perf_counter() - t0
+
+
+def add_setup_arguments(p: argparse.ArgumentParser) -> None:
+    """What is timed and where: the options this benchmark shares with ``vit_exp.bench_checkpoint``."""
+    p.add_argument("--model", default="vit_base_patch16_224")
+    p.add_argument("--batch-size", type=int, default=None, help="default: 128 on GPU, 8 on CPU")
+    p.add_argument("--img-size", type=int, default=None, help="default: the variant's")
+    p.add_argument("--precision", choices=list(DTYPES), default=None, help="default: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def settle_setup(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[torch.device, ModelSpec]:
+    """The device and the variant of ``add_setup_arguments``'s options, the device's defaults filled in (TF32 for
+    float32 matmuls on CUDA); an unknown variant is ``p.error``."""
+    device = torch.device(args.device)
+    args.batch_size = args.batch_size or (128 if device.type == "cuda" else 8)
+    args.precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    try:
+        spec = resolve_spec(args.model, img_size=args.img_size)
+    except ValueError as e:
+        p.error(str(e))
+    args.img_size = spec.img_size
+    return device, spec
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
 
 
 @dataclass
@@ -224,17 +258,13 @@ def measure(benches: list[Bench], args: argparse.Namespace, device: torch.device
 def main(argv: list[str] | None = None) -> Any:
     """The results of each implementation (with ``--loop``: ``bench_loop.main``'s ``LoopResult``)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="vit_base_patch16_224")
-    p.add_argument("--batch-size", type=int, default=None, help="default: 128 on GPU, 8 on CPU")
-    p.add_argument("--img-size", type=int, default=None, help="default: the variant's")
-    p.add_argument("--precision", choices=list(DTYPES), default=None, help="default: bf16 on GPU, fp32 on CPU")
+    add_setup_arguments(p)
     p.add_argument("--compile", action="store_true", help="also time both implementations under torch.compile")
     p.add_argument("--compile-step", action="store_true", help="also time ours with its loss and AdamW step "
                    "compiled too (the model and loss as one function, the optimizer step as another)")  # fmt: skip
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10, help="steps per timed round")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU, if not in the table")
     p.add_argument("--no-timm", action="store_true", help="skip the timm reference")
     p.add_argument("--json", metavar="PATH", help="also write the settings and results to PATH")
@@ -248,18 +278,7 @@ def main(argv: list[str] | None = None) -> Any:
             os.execv(sys.executable, [sys.executable, "-m", "vit_exp.bench_loop", *rest])
         return bench_loop.main(rest)
     args = p.parse_args(argv)
-    device = torch.device(args.device)
-    args.batch_size = args.batch_size or (128 if device.type == "cuda" else 8)
-    args.precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-    try:
-        spec = resolve_spec(args.model, img_size=args.img_size)
-    except ValueError as e:
-        p.error(str(e))
-    args.img_size = spec.img_size
+    device, spec = settle_setup(p, args)
     with torch.device("meta"):  # shapes only
         flops = model_flops_per_image(create_model(spec), args.img_size)
     peak = peak_tflops(device, args.precision, args.peak_tflops)
@@ -277,7 +296,7 @@ def main(argv: list[str] | None = None) -> Any:
         except ValueError as e:
             p.error(str(e))
 
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    dev_name = device_name(device)
     print(
         f"{spec.arch} @ {args.img_size}, batch {args.batch_size}, {args.precision}, "
         f"compile={args.compile}, compile_step={args.compile_step}, {dev_name}, torch {torch.__version__}"

@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from vit_exp.bench import DTYPES, Bench, prepare
+from vit_exp.bench import Bench, add_setup_arguments, device_name, prepare, settle_setup, sync
 from vit_exp.checkpoints.atomic import AtomicCheckpointIO
-from vit_exp.models import create_model, resolve_spec
+from vit_exp.models import create_model
 
 WRITERS = ("none", "sync", "background")
 
@@ -52,7 +52,7 @@ def one_round(
     saves held the loop."""
     io = None if writer == "none" else AtomicCheckpointIO(background=writer == "background")
     held = 0.0
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
         bench.train_step()
@@ -62,17 +62,13 @@ def one_round(
             held += time.perf_counter() - t
     if io is not None:
         io.teardown()  # waits for the background writer's queue
-    _sync(device)
+    sync(device)
     return time.perf_counter() - t0, held
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure(bench: Bench, args: argparse.Namespace, device: torch.device, folder: Path) -> list[WriterResult]:
-    saves = args.steps // args.every
+def measure(
+    bench: Bench, args: argparse.Namespace, saves: int, device: torch.device, folder: Path
+) -> list[WriterResult]:
     rounds: dict[str, list[tuple[float, float]]] = {w: [] for w in WRITERS}
     for i in range(args.rounds):
         k = i % len(WRITERS)  # rotate which writer goes first
@@ -101,38 +97,25 @@ def report(results: list[WriterResult], size_mb: float, saves: int) -> str:
 
 def main(argv: list[str] | None = None) -> list[WriterResult]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="vit_base_patch16_224")
-    p.add_argument("--batch-size", type=int, default=None, help="default: 128 on GPU, 8 on CPU")
-    p.add_argument("--img-size", type=int, default=None, help="default: the variant's")
-    p.add_argument("--precision", choices=list(DTYPES), default=None, help="default: bf16 on GPU, fp32 on CPU")
+    add_setup_arguments(p)
     p.add_argument("--steps", type=int, default=30, help="training steps a round")
     p.add_argument("--every", type=int, default=10, help="a checkpoint every this many steps")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds of each writer; the median is reported")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dir", default=None, help="where the checkpoints go (default: the system temp directory)")
     p.add_argument("--json", metavar="PATH", help="also write the settings and results to PATH")
     args = p.parse_args(argv)
     if args.every < 1 or args.steps < args.every:
         p.error(f"--steps {args.steps} --every {args.every}: a round must save at least once (steps >= every >= 1)")
-    device = torch.device(args.device)
-    args.batch_size = args.batch_size or (128 if device.type == "cuda" else 8)
-    args.precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
-    try:
-        spec = resolve_spec(args.model, img_size=args.img_size)
-    except ValueError as e:
-        p.error(str(e))
-    args.img_size = spec.img_size
+    device, spec = settle_setup(p, args)
+    saves = args.steps // args.every
     bench = prepare("vit_exp", lambda: create_model(spec), args, device)
     bench.train_step()  # AdamW's state exists from the first step: every checkpoint has its full size
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="vit_exp_ckpt_bench_") as folder:
-        results = measure(bench, args, device, Path(folder))
+        results = measure(bench, args, saves, device, Path(folder))
         size_mb = (Path(folder) / "sync.ckpt").stat().st_size / 1e6
-    dev_name = (
-        torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    )
+    dev_name = device_name(device)
     print(f"{spec.arch} @ {args.img_size}, batch {args.batch_size}, {args.precision}, {args.steps} steps a round, "
           f"{args.rounds} rounds, {dev_name}, torch {torch.__version__}")  # fmt: skip
-    saves = args.steps // args.every
     print(report(results, size_mb, saves))
     if args.json:
         settings = {"arch": spec.arch, "img_size": args.img_size, "batch_size": args.batch_size, "device": dev_name,
