@@ -3,7 +3,9 @@
 A host read stalls a GPU's queue and cuts an XLA graph. On a CPU run no tensor lives elsewhere, so the copies
 to the host cannot be seen; what can be seen on any device are the ops that hand a tensor's *value* to Python
 (``.item()``, ``bool(t)``, ``torch.equal``) or whose output size depends on values (``nonzero``, ``unique``):
-on a GPU each waits for the queue. Copies from a non-CPU tensor to the CPU are counted too (GPU, XLA).
+on a GPU each waits for the queue. Copies from a non-CPU tensor to the CPU are counted too (GPU, XLA), and so are
+tensors made from Python data (``lift_fresh``), which a GPU gets by a copy that waits for its queue; the loader's
+own (``pil_to_tensor``, collation) are made in its worker processes, where this mode does not look.
 
     with HostReads() as reads:
         run.train(tiny_cfg("+callbacks.step_reads._target_=tests.sync_counter.StepMarker", ...))
@@ -38,6 +40,9 @@ VALUE_READS = {
     aten.unique_dim.default,
 }
 COPIES = {aten._to_copy.default, aten.copy_.default}
+# A tensor made from Python data (``torch.tensor``, ``torch.as_tensor`` of a list): for a GPU it is made on the host
+# and copied from pageable memory, a copy that waits for the device's queue (``cudaMemcpy``), so it is a sync too.
+HOST_MADE = {aten.lift_fresh.default}
 
 
 def _device_to_host(func: Any, args: tuple, kwargs: dict) -> bool:
@@ -85,7 +90,7 @@ class HostReads(TorchDispatchMode):
         kwargs = kwargs or {}
         if func is aten._local_scalar_dense.default and self._host_side(args[0]):
             return func(*args, **kwargs)
-        if func in VALUE_READS or (func in COPIES and _device_to_host(func, args, kwargs)):
+        if func in VALUE_READS or func in HOST_MADE or (func in COPIES and _device_to_host(func, args, kwargs)):
             self.by_step[self.step].append(str(func.overloadpacket.__name__))
         return func(*args, **kwargs)
 
@@ -99,6 +104,10 @@ class HostReads(TorchDispatchMode):
 class StepMarker(pl.Callback):
     """Tells the active ``HostReads`` which training step runs (put it first among the callbacks' hooks: its
     ``on_train_batch_start`` is the boundary), and which steps are logging steps."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: Any, stage: str) -> None:
+        trainer.callbacks.remove(self)  # first: the other callbacks' on_train_batch_start belongs to the new step
+        trainer.callbacks.insert(0, self)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
         reads = HostReads.active

@@ -120,6 +120,26 @@ def test_compiled_step_updates_the_weights_as_the_eager_step() -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_own_bytes_counts_the_weights_their_gradients_and_adamws_state_once() -> None:
+    """What a bench keeps between steps, which the peak-memory figure holds apart from the other benches' tensors:
+    after a step, the weights and twice as much in AdamW's two moments, plus its step counters (the step frees its
+    gradients: set to None); a gradient that is kept counts too; a tensor seen twice (a tied weight) is one
+    storage."""
+    args = argparse.Namespace(batch_size=2, img_size=32, precision="fp32")
+    spec = resolve_spec("vit_test_patch4_32")
+    b = bench.prepare("vit_exp", lambda: create_model(spec), args, torch.device("cpu"))
+    weights = sum(p.numel() * 4 for p in b.model.parameters())
+    assert bench.own_bytes(b) == weights  # before a step: no gradient, no optimizer state
+    b.train_step()
+    steps = sum(s["step"].untyped_storage().nbytes() for s in b.optimizer.state.values())
+    assert bench.own_bytes(b) == 3 * weights + steps
+    b.model.head.weight.grad = torch.zeros_like(b.model.head.weight)
+    grad = b.model.head.weight.numel() * 4
+    assert bench.own_bytes(b) == 3 * weights + steps + grad
+    b.model.extra = b.model.head  # the same tensors reachable twice
+    assert bench.own_bytes(b) == 3 * weights + steps + grad
+
+
 def test_checkpoint_bench_times_each_writer_until_its_last_save_is_on_disk(tmp_path, capsys) -> None:
     results = bench_checkpoint.main(["--model", "vit_tiny_patch16_224", "--img-size", "32", "--batch-size", "2",
                                      "--steps", "2", "--every", "1", "--rounds", "1", "--dir", str(tmp_path),

@@ -17,7 +17,7 @@ def test_no_host_read_outside_logging_steps(tiny_cfg) -> None:
     (on the CPU the default is not fused, and the NaN guard reads its flag: free on a CPU, see nan_guard)."""
     cfg = tiny_cfg(
         MARKER, "+optim.fused=true", "trainer.max_epochs=2", "++trainer.limit_train_batches=10",
-        "trainer.log_every_n_steps=10",
+        "trainer.log_every_n_steps=10", "data.num_workers=1",
     )  # fmt: skip
     with HostReads() as reads:
         run.train(cfg)

@@ -97,3 +97,32 @@ def test_bf16_true_trains_on_the_cpu(tiny_cfg) -> None:
 
     results = run.train(tiny_cfg("trainer.precision=bf16-true"))
     assert results.steps == 3 and results.top1 is not None
+
+
+def test_fp16_clipping_with_a_fused_optimizer_clips_the_unscaled_gradients() -> None:
+    """fp16-mixed with fused AdamW (the CUDA default): Lightning leaves the gradients scaled for the fused step to
+    unscale; clipping them as they are would clip a norm ~scale times too large, the update as good as lost. The
+    clipped step must be the one a plain AdamW takes on the true gradients, clipped (here on a CPU GradScaler)."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    scale = 1024.0
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=scale))
+    trainer = pl.Trainer(accelerator="cpu", plugins=[plugin], logger=False, enable_checkpointing=False)
+    torch.manual_seed(0)
+    module, reference = _module(), _module()
+    reference.load_state_dict(module.state_dict())
+    module.trainer = trainer
+    fused = torch.optim.AdamW(module.parameters(), lr=0.1, fused=True)
+    plain = torch.optim.AdamW(reference.parameters(), lr=0.1)
+    x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+    plugin.scaler.scale(10 * torch.nn.functional.cross_entropy(module(x), y)).backward()  # scaled gradients
+    (10 * torch.nn.functional.cross_entropy(reference(x), y)).backward()  # the true ones
+    assert torch.nn.utils.get_total_norm([q.grad for q in reference.parameters()]) > 2  # clipping to 1 acts
+    module.configure_gradient_clipping(fused, gradient_clip_val=1.0)
+    torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
+    torch.testing.assert_close(torch.nn.utils.get_total_norm([p.grad for p in module.parameters()]), torch.tensor(1.0))
+    plugin.scaler.step(fused)  # what Lightning's MixedPrecision.optimizer_step does next
+    plain.step()
+    for p, q in zip(module.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q)

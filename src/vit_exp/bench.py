@@ -228,6 +228,15 @@ def prepare(
     return Bench(impl, train_step, infer_step, model, opt)
 
 
+def own_bytes(b: Bench) -> int:
+    """Bytes of the tensors that ``b`` keeps between steps: its weights, their gradients and the optimizer's state
+    (each storage once: an eager and a compiled bench of one model share them)."""
+    tensors = [t for p in b.model.parameters() for t in (p, p.grad) if t is not None]
+    tensors += [t for state in b.optimizer.state.values() for t in state.values() if isinstance(t, torch.Tensor)]
+    storages = {(t.device, t.untyped_storage().data_ptr()): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
+
+
 def measure(benches: list[Bench], args: argparse.Namespace, device: torch.device, flops: float, peak: float | None) -> list[Result]:
     """Time the implementations in alternation, ``args.rounds`` times, and keep each one's median.
 
@@ -242,10 +251,15 @@ def measure(benches: list[Bench], args: argparse.Namespace, device: torch.device
         _timed(b.infer_step, device, args.warmup, 0)
     for _ in range(args.rounds):
         for b in benches:
-            if device.type == "cuda":
+            others = 0
+            if device.type == "cuda":  # the peak of this one's step: the other benches' weights and state left out
+                others = torch.cuda.memory_allocated(device) - own_bytes(b)
                 torch.cuda.reset_peak_memory_stats(device)
             train[b.impl].append(n / _timed(b.train_step, device, 0, args.iters))
-            mem[b.impl] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+            if device.type == "cuda":
+                mem[b.impl] = (torch.cuda.max_memory_allocated(device) - others) / 2**30
+            else:
+                mem[b.impl] = None
             infer[b.impl].append(n / _timed(b.infer_step, device, 0, args.iters))
     results = []
     for b in benches:

@@ -5,7 +5,7 @@ runs in its own process with its own time box, a failure is recorded and the nex
 of ``Sizes.boxes`` (install, the B/16 benchmarks, train.py, pytest, the checkpoint writers, the compiled step, the
 larger models), within a 480 s budget:
 
-1. install the wheels that ``scripts/prepare_device.sh`` put in ``wheels/`` (Hydra, omegaconf, ..., vit_exp);
+1. install the wheels that ``scripts/prepare_device.sh`` put in ``wheels/`` (Hydra, omegaconf, webdataset, ...; vit_exp itself runs from the checkout's ``src``);
 2. ``pytest -m gpu``;
 3. ``python -m vit_exp.bench``: ViT-B/16 @ 224 (eager, then eager and compiled, ours and timm's, train and
    inference, MFU, peak memory; then ours with the loss and AdamW step compiled too, ``--compile-step``),
@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -127,8 +128,9 @@ DRY = Sizes(
 
 def _env() -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    paths = [str(SITE)] if SITE.is_dir() else []
-    env["PYTHONPATH"] = os.pathsep.join([*paths, str(ROOT / "src"), env.get("PYTHONPATH", "")]).strip(os.pathsep)
+    # the checkout first: its vit_exp (and configs) is what runs, whatever else the carried wheels or the image hold
+    paths = [str(ROOT / "src"), *([str(SITE)] if SITE.is_dir() else []), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(paths).strip(os.pathsep)
     return env
 
 
@@ -158,8 +160,10 @@ def _run(part: Part, command: list[str], box: int, cwd: Path = ROOT, ok_codes: t
         return ""
     t0 = time.perf_counter()
     try:
-        done = subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=box, check=False)
-        out = done.stdout + done.stderr
+        # one stream: a part that runs out of time keeps its traceback and Lightning's log (stderr) with the rest
+        done = subprocess.run(command, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=box, check=False)  # fmt: skip
+        out = done.stdout
         if done.returncode not in ok_codes:
             part.status, part.detail = "failed", f"exit {done.returncode}: {_tail(out)}"
     except subprocess.TimeoutExpired as e:
@@ -274,9 +278,12 @@ def run_train(decode: str, data: Path, sizes: Sizes, tmp: Path) -> Part:
                  f"++trainer.profiler.dirpath={run_dir}", "++trainer.profiler.filename=profile",
                  f"hydra.run.dir={run_dir}"]  # fmt: skip
     train = [sys.executable, str(ROOT / "train.py")]
-    shown = subprocess.run(
-        [*train, *overrides, "--cfg", "job"], cwd=ROOT, env=_env(), capture_output=True, text=True, check=False
-    )
+    try:
+        shown = subprocess.run([*train, *overrides, "--cfg", "job"], cwd=ROOT, env=_env(), capture_output=True,
+                               text=True, timeout=max(CLOCK.box(60), 1), check=False)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        part.status, part.detail = "failed", "composing the config (train.py --cfg job) ran past its time"
+        return part
     if shown.returncode != 0:
         if decode != "host" and "decode" in shown.stdout + shown.stderr:
             part.status, part.detail = "skipped", f"this checkout has no data.decode={decode}: {_tail(shown.stderr, 1)}"
@@ -346,7 +353,10 @@ def main(argv: list[str] | None = None) -> list[Part]:
     tmp.mkdir(parents=True, exist_ok=True)
     start = CLOCK.start
     parts: list[Part] = []
-    report: dict[str, Any] = {"dry_run": args.dry_run, "python": platform.python_version(), "parts": []}
+    report: dict[str, Any] = {"dry_run": args.dry_run, "python": platform.python_version(), "cpus": os.cpu_count()}
+    if Path("/dev/shm").is_dir():  # where loader workers hand over their batches: a small one fails the host part
+        report["shm_gib"] = round(shutil.disk_usage("/dev/shm").total / 2**30, 2)
+    report["parts"] = []
     makers = {
         "install": lambda: install(Path(args.wheels), sizes),
         "bench0": lambda: run_bench(0, sizes.benches[0], sizes, tmp),
@@ -363,11 +373,11 @@ def main(argv: list[str] | None = None) -> list[Part]:
         parts.append(part)
         report["parts"] = [asdict(x) for x in parts]
         print(f"[{time.perf_counter() - start:5.0f} s] {part.name}: {part.status} {part.detail}", flush=True)
-        (out / "device_check.json").write_text(json.dumps(report, indent=1))  # after every part: a kill keeps some
-    report["seconds"] = round(time.perf_counter() - start, 1)
-    (out / "device_check.json").write_text(json.dumps(report, indent=1))
-    header = f"{'dry run, CPU' if args.dry_run else 'GPU'}; {report['seconds']:.0f} s; Python {report['python']}"
-    (out / "device_check.md").write_text(markdown(parts, header))
+        report["seconds"] = round(time.perf_counter() - start, 1)
+        header = f"{'dry run, CPU' if args.dry_run else 'GPU'}; {report['seconds']:.0f} s; Python {report['python']}"
+        # both after every part: a check killed at its time limit keeps what it measured so far
+        (out / "device_check.json").write_text(json.dumps(report, indent=1))
+        (out / "device_check.md").write_text(markdown(parts, header))
     print(markdown(parts, header))
     if again := [x.key for x in parts if x.status != "ok" and x.key != "install"]:
         print(f"to run what did not pass again: python3 scripts/device_check.py --parts {','.join(again)}")

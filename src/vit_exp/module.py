@@ -220,8 +220,15 @@ class ViTModule(pl.LightningModule):
             # Lightning's FSDP precision refuses norm clipping; FSDP computes the global norm over all shards itself.
             self.trainer.model.clip_grad_norm_(gradient_clip_val)
             return
-        plain = type(self.trainer.precision_plugin).clip_grad_by_norm is Precision.clip_grad_by_norm
+        precision = self.trainer.precision_plugin
+        plain = type(precision).clip_grad_by_norm is Precision.clip_grad_by_norm
         if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and plain:
+            scaler = getattr(precision, "scaler", None)
+            if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
+                # fp16's scaler with a fused optimizer (the CUDA default): Lightning leaves the gradients scaled for
+                # the fused step to unscale, and refuses to clip them; unscaled here, the step gets grad_scale None
+                # (torch's GradScaler: stage UNSCALED) and clips the true norm, not one ~65,536 times too large.
+                scaler.unscale_(optimizer)
             # Lightning's clip_grad_norm_, with the norm the NaN guard already took at this step (one norm a step).
             norm = grad_norm(optimizer, self.trainer.global_step)
             if norm is not None:

@@ -10,6 +10,8 @@ decoded) so that a transform that knows how many pixels it needs can let libjpeg
 
 from __future__ import annotations
 
+import functools
+
 import io
 import math
 import re
@@ -100,9 +102,18 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
         )
     if len(mean) != x.shape[-3] or len(std) != x.shape[-3]:
         raise ValueError(f"mean {list(mean)} and std {list(std)} need one value per channel ({x.shape[-3]})")
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+    mean_t, std_t = _channel_constants(tuple(mean), tuple(std), x.device)
     return x.float().div_(255).sub_(mean_t).div_(std_t)
+
+
+@functools.lru_cache(maxsize=32)
+def _channel_constants(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """``normalize``'s (C, 1, 1) mean and std on ``device``, made once: a tensor made from Python numbers for a GPU
+    is a copy from pageable host memory, which waits for the device's queue, on every batch if made per batch.
+    Ordinary tensors even when first asked for under ``torch.inference_mode`` (a validation), so that training's
+    batches may use them."""
+    with torch.inference_mode(False):
+        return tuple(torch.tensor(v, dtype=torch.float32, device=device).view(-1, 1, 1) for v in (mean, std))
 
 
 def _check_interpolation(interpolation: str) -> str:
