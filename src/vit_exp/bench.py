@@ -237,7 +237,9 @@ def own_bytes(b: Bench) -> int:
     return sum(storages.values())
 
 
-def measure(benches: list[Bench], args: argparse.Namespace, device: torch.device, flops: float, peak: float | None) -> list[Result]:
+def measure(
+    benches: list[Bench], args: argparse.Namespace, device: torch.device, flops: float, peak: float | None
+) -> list[Result]:
     """Time the implementations in alternation, ``args.rounds`` times, and keep each one's median.
 
     Alternating spreads slow phases of a shared machine over both implementations instead of one.

@@ -107,7 +107,9 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
 
 
 @functools.lru_cache(maxsize=32)
-def _channel_constants(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+def _channel_constants(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, ...]:
     """``normalize``'s (C, 1, 1) mean and std on ``device``, made once: a tensor made from Python numbers for a GPU
     is a copy from pageable host memory, which waits for the device's queue, on every batch if made per batch.
     Ordinary tensors even when first asked for under ``torch.inference_mode`` (a validation), so that training's
