@@ -8,7 +8,7 @@ import argparse
 import pytest
 import torch
 
-from vit_exp import bench, bench_checkpoint
+from vit_exp import bench, bench_checkpoint, bench_loop
 from vit_exp.bench import Result, main, report
 from vit_exp.models import create_model, list_models, resolve_spec
 
@@ -88,6 +88,14 @@ def test_loop_bench_times_our_trainer_and_the_bare_loop(capsys: pytest.CaptureFi
     assert result.e2e_ratio is None  # no end-to-end round asked for
     out = capsys.readouterr().out
     assert "vit_test on digits, batch 64" in out and f"{result.step_ratio:.3f}x" in out
+
+
+def test_loop_bench_refuses_a_gpu_run_that_its_bare_loop_cannot_follow(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        bench_loop.main(["hw=gpu"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "error: trainer.accelerator=gpu: the loop benchmark compares" in err
+    assert "hw=cpu" in err
 
 
 def test_bare_job_does_the_whole_job(tmp_path) -> None:
@@ -177,3 +185,14 @@ def test_checkpoint_bench_refuses_a_round_without_a_save(capsys) -> None:
     with pytest.raises(SystemExit):
         bench_checkpoint.main(["--steps", "3", "--every", "5"])
     assert "error: --steps 3 --every 5: a round must save at least once" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "peak"),
+    [("NVIDIA H200", 989.0), ("NVIDIA H200 NVL", 835.0), ("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0),
+     ("NVIDIA GeForce RTX 4090", None)],
+)  # fmt: skip
+def test_mfu_peak_is_the_parts_own(monkeypatch: pytest.MonkeyPatch, name: str, peak: float | None) -> None:
+    """The PCIe and NVL parts run slower clocks than the SXM ones whose names they contain: their own peak."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert bench.peak_tflops(torch.device("cuda"), "bf16", None) == peak

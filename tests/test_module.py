@@ -126,3 +126,11 @@ def test_fp16_clipping_with_a_fused_optimizer_clips_the_unscaled_gradients() -> 
     plain.step()
     for p, q in zip(module.parameters(), reference.parameters()):
         torch.testing.assert_close(p, q)
+
+
+def test_the_model_is_compiled_once_though_lightning_configures_it_for_fit_and_test() -> None:
+    module = _module(compile=True)
+    module.configure_model()  # fit
+    compiled = module.model._compiled_call_impl
+    module.configure_model()  # test: the same compiled forward, not a new wrapper to compile again
+    assert compiled is not None and module.model._compiled_call_impl is compiled

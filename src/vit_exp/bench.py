@@ -31,8 +31,12 @@ from torch import nn
 
 from vit_exp.models import ModelSpec, create_model, resolve_spec
 
-# Dense peak TFLOP/s by device-name substring, for MFU (vendor data sheets, SXM parts, no sparsity).
+# Dense peak TFLOP/s by device-name substring, the first that matches, for MFU (vendor data sheets, no sparsity):
+# the PCIe and NVL parts before the SXM ones ("NVIDIA H200", "NVIDIA H100 80GB HBM3"), whose clocks are higher.
 PEAK_TFLOPS = {
+    "H200 NVL": {"bf16": 835.0, "fp16": 835.0, "fp32": 60.0},
+    "H100 NVL": {"bf16": 835.0, "fp16": 835.0, "fp32": 60.0},
+    "H100 PCIe": {"bf16": 756.0, "fp16": 756.0, "fp32": 51.0},
     "H200": {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0},
     "H100": {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0},
     "A100": {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5},

@@ -275,6 +275,11 @@ def main(argv: list[str] | None = None) -> LoopResult | None:
     from vit_exp.hw import apply_threads, set_wait_policy
 
     cfg = compose(args.overrides, tempfile.gettempdir())
+    if (accelerator := cfg.trainer.get("accelerator")) != "cpu":  # the bare loop (BareJob) runs on the CPU only
+        p.error(
+            f"trainer.accelerator={accelerator}: the loop benchmark compares our trainer with a bare loop on the CPU; "
+            "run it with hw=cpu (the default), and time a GPU's step with python -m vit_exp.bench"
+        )
     if "torch" not in sys.modules:  # as train.py does, before torch loads OpenMP (python -m vit_exp.bench_loop)
         set_wait_policy(cfg.get("hw"))
     apply_threads(cfg.get("hw"))

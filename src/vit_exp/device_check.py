@@ -5,7 +5,8 @@ runs in its own process with its own time box, a failure is recorded and the nex
 of ``Sizes.boxes`` (install, the B/16 benchmarks, train.py, pytest, the checkpoint writers, the compiled step, the
 larger models), within a 480 s budget:
 
-1. install the wheels that ``scripts/prepare_device.sh`` put in ``wheels/`` (Hydra, omegaconf, webdataset, ...; vit_exp itself runs from the checkout's ``src``);
+1. install the wheels that ``scripts/prepare_device.sh`` put in ``wheels/`` (Hydra, omegaconf, webdataset, ...;
+   vit_exp itself runs from the checkout's ``src``);
 2. ``pytest -m gpu``;
 3. ``python -m vit_exp.bench``: ViT-B/16 @ 224 (eager, then eager and compiled, ours and timm's, train and
    inference, MFU, peak memory; then ours with the loss and AdamW step compiled too, ``--compile-step``),
@@ -14,8 +15,9 @@ larger models), within a 480 s budget:
    synchronously, in the background and not at all;
 5. ``train.py`` on synthetic JPEGs written to local disk, ``hw=gpu compile=true``, host decoding and device
    decoding (``data.decode=device``; skipped where this checkout has no such key), a few hundred steps: images/s
-   end to end (``results.json``) and the share of the loop's time spent waiting for the next batch (Lightning's
-   ``SimpleProfiler``: ``train_dataloader_next`` over it plus ``run_training_batch``).
+   end to end (``results.json``), over the whole fit and after its first steps (the compile), and the share of
+   that time spent between steps: by the host, waiting for the next batch, and by the GPU (CUDA events;
+   ``vit_exp.callbacks.Throughput``).
 
 Writes ``device_check.json`` and ``device_check.md`` to ``$OUT`` (or ``--out``) and, where a part did not pass,
 the command that runs only those again (``--parts device,bench4``: the install always runs, the JPEGs with the
@@ -253,17 +255,9 @@ def write_jpegs(root: Path, sizes: Sizes) -> Part:
     return part
 
 
-def profile_share(text: str) -> dict[str, float]:
-    """From a ``SimpleProfiler`` report: seconds waiting for batches, seconds in training batches, and the share."""
-    totals = {}
-    for action in ("train_dataloader_next", "run_training_batch"):
-        m = re.search(rf"{action}[^|\n]*\|\s*([\d.eE+-]+)\s*\|\s*(\d+)\s*\|\s*([\d.eE+-]+)", text)
-        if m:
-            totals[action] = float(m.group(3))
-    if len(totals) < 2:
-        return {}
-    wait, step = totals["train_dataloader_next"], totals["run_training_batch"]
-    return {"wait_s": round(wait, 3), "step_s": round(step, 3), "wait_share": round(wait / (wait + step), 4)}
+# results.json's figures of a train.py part (vit_exp.callbacks.Throughput): the whole fit's images/s, then after its
+# first steps (the compile): images/s, the host's share of the time waiting for batches, the GPU's outside the steps
+TRAIN_FIGURES = ("images_per_s", "images_per_s_steady", "input_wait_share", "device_gap_share", "steps")
 
 
 def run_train(decode: str, data: Path, sizes: Sizes, tmp: Path) -> Part:
@@ -274,8 +268,9 @@ def run_train(decode: str, data: Path, sizes: Sizes, tmp: Path) -> Part:
                  f"data.decode={decode}", f"data.batch_size={sizes.batch}", f"data.num_workers={sizes.workers}",
                  f"trainer.max_steps={sizes.steps}", "trainer.max_epochs=-1", "++trainer.limit_val_batches=2",
                  "++trainer.limit_test_batches=2", "++trainer.enable_progress_bar=false", "callbacks.plots=null",
-                 "++trainer.profiler._target_=lightning.pytorch.profilers.SimpleProfiler",
-                 f"++trainer.profiler.dirpath={run_dir}", "++trainer.profiler.filename=profile",
+                 # no checkpoint (the checkpoint part measures those): a B/16's with AdamW's state is ~1 GB, fsynced
+                 # at every one of the ~14 epochs' ends it would cost the part's box tens of seconds
+                 "callbacks.best_checkpoint=null", "++callbacks.last_checkpoint.every_n_epochs=1000",
                  f"hydra.run.dir={run_dir}"]  # fmt: skip
     train = [sys.executable, str(ROOT / "train.py")]
     try:
@@ -294,10 +289,7 @@ def run_train(decode: str, data: Path, sizes: Sizes, tmp: Path) -> Part:
     results = run_dir / "results.json"
     if results.is_file():
         r = json.loads(results.read_text())
-        part.data = {k: r.get(k) for k in ("images_per_s", "steps", "train_seconds", "test_top1") if k in r}
-    profile = next(iter(run_dir.glob("*profile*.txt")), None)
-    if profile is not None:
-        part.data |= profile_share(profile.read_text())
+        part.data = {k: r[k] for k in TRAIN_FIGURES if r.get(k) is not None}
     log = run_dir / "cli.log"
     decoder = re.search(r"\(JPEGs by (\w+);", log.read_text()) if log.is_file() else None
     if decoder:  # device decoding: TorchCodec's, or torchvision's where TorchCodec cannot run

@@ -132,7 +132,8 @@ class ViTModule(pl.LightningModule):
         return MulticlassAccuracy(num_classes=self.hparams.num_classes, top_k=k, average="micro")
 
     def configure_model(self) -> None:
-        if self.hparams.compile:
+        # Lightning calls this for fit and again for test: compiled once (a second compile() would wrap anew)
+        if self.hparams.compile and getattr(self.model, "_compiled_call_impl", None) is None:
             self.model.compile()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,11 @@ class Results:
     run_dir: str
     images: int | None = None  # evaluated images
     images_per_s: float | None = None  # training throughput
+    # after the fit's first steps (a compile's, a warm-up's), and the shares of that time between steps
+    # (vit_exp.callbacks.Throughput): the host's, waiting for the next batch; the device's (CUDA), outside the steps
+    images_per_s_steady: float | None = None
+    input_wait_share: float | None = None
+    device_gap_share: float | None = None
     checkpoint: str | None = None  # best by val top-1 (or the one evaluated)
     last_checkpoint: str | None = None
     best_val_top1: float | None = None

@@ -73,6 +73,9 @@ def train(cfg: DictConfig) -> Results:
             start,
             print_summary,
             images_per_s=throughput.images_per_s and round(throughput.images_per_s, 1),
+            images_per_s_steady=_rounded(throughput.images_per_s_steady, 1),
+            input_wait_share=_rounded(throughput.input_wait_share, 4),
+            device_gap_share=_rounded(throughput.device_gap_share, 4),
             checkpoint=best,
             last_checkpoint=last,
             best_val_top1=best_val_top1,
@@ -132,6 +135,10 @@ def evaluate(cfg: DictConfig) -> Results:
         published_top5=weights and weights.top5,
         fewshot=fewshot,
     )
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def _length(dataset: object) -> int | None:
