@@ -4,6 +4,7 @@ measured by running it, not by tests); timm's side is the same architecture, par
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
 import torch
@@ -28,6 +29,27 @@ def test_bench_times_ours_and_timm_in_one_run(capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out
     assert "vit_exp and timm: 5.68M parameters each" in out
     assert "vit_tiny_patch16_32 @ 32, batch 2, fp32" in out and "train vs timm eager" in out
+
+
+def test_bench_writes_its_json_after_every_timed_run(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run cut short (the device check's time box) keeps what it measured: the JSON is rewritten after each
+    implementation's timed run, with the rounds done; here the run dies while warming up the second one."""
+    path = tmp_path / "b.json"
+    calls = []
+    real = bench._timed
+
+    def timed(step, device, warmup, iters):  # the third warm-up: the second implementation's training step
+        calls.append(warmup)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(step, device, warmup, iters)
+
+    monkeypatch.setattr(bench, "_timed", timed)
+    with pytest.raises(KeyboardInterrupt):
+        main([*TINY_RUN, "--rounds", "2", "--json", str(path)])
+    record = json.loads(path.read_text())
+    assert record["rounds"] == 2 and record["rounds_done"] == 0
+    assert [r["impl"] for r in record["results"]] == ["vit_exp"] and record["results"][0]["train_ips"] > 0
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -242,21 +242,39 @@ def own_bytes(b: Bench) -> int:
 
 
 def measure(
-    benches: list[Bench], args: argparse.Namespace, device: torch.device, flops: float, peak: float | None
+    benches: list[Bench],
+    args: argparse.Namespace,
+    device: torch.device,
+    flops: float,
+    peak: float | None,
+    progress: Callable[[list[Result], int], None] | None = None,
 ) -> list[Result]:
     """Time the implementations in alternation, ``args.rounds`` times, and keep each one's median.
 
-    Alternating spreads slow phases of a shared machine over both implementations instead of one.
+    Alternating spreads slow phases of a shared machine over both implementations instead of one. Each is warmed
+    up (and compiled) just before its first timed run, outside it; ``progress(results so far, rounds done)`` is
+    called after every timed run, so that a run cut short (the device check's time box) keeps what it measured.
     """
     n = args.batch_size * args.iters
     train: dict[str, list[float]] = {b.impl: [] for b in benches}
     infer: dict[str, list[float]] = {b.impl: [] for b in benches}
     mem: dict[str, float | None] = {}
-    for b in benches:  # warm-up (and compilation) outside the timed rounds
-        _timed(b.train_step, device, args.warmup, 0)
-        _timed(b.infer_step, device, args.warmup, 0)
-    for _ in range(args.rounds):
+
+    def results() -> list[Result]:
+        done = []
         for b in benches:
+            if not infer[b.impl]:
+                continue
+            t, i = statistics.median(train[b.impl]), statistics.median(infer[b.impl])
+            mfu = 3 * flops * t / (peak * 1e12) if peak else None  # backward = 2x forward
+            done.append(Result(b.impl, t, i, mem[b.impl], mfu))
+        return done
+
+    for round_ in range(args.rounds):
+        for b in benches:
+            if round_ == 0:  # warm-up (and compilation) outside the timed runs
+                _timed(b.train_step, device, args.warmup, 0)
+                _timed(b.infer_step, device, args.warmup, 0)
             others = 0
             if device.type == "cuda":  # the peak of this one's step: the other benches' weights and state left out
                 others = torch.cuda.memory_allocated(device) - own_bytes(b)
@@ -267,12 +285,9 @@ def measure(
             else:
                 mem[b.impl] = None
             infer[b.impl].append(n / _timed(b.infer_step, device, 0, args.iters))
-    results = []
-    for b in benches:
-        t, i = statistics.median(train[b.impl]), statistics.median(infer[b.impl])
-        mfu = 3 * flops * t / (peak * 1e12) if peak else None  # backward = 2x forward
-        results.append(Result(b.impl, t, i, mem[b.impl], mfu))
-    return results
+            if progress is not None:
+                progress(results(), round_ + (b is benches[-1]))
+    return results()
 
 
 def main(argv: list[str] | None = None) -> Any:
@@ -327,13 +342,17 @@ def main(argv: list[str] | None = None) -> Any:
         benches += [prepare(f"{name} compiled", build, args, device, compile="model") for name, build in impls]
     if args.compile_step:
         benches.append(prepare(f"{impls[0][0]} compiled step", impls[0][1], args, device, compile="step"))
-    results = measure(benches, args, device, flops, peak)
+    settings = {"arch": spec.arch, "img_size": args.img_size, "batch_size": args.batch_size,
+                "precision": args.precision, "device": dev_name, "torch": torch.__version__,
+                "gflops_per_image": flops / 1e9, "peak_tflops": peak, "rounds": args.rounds}  # fmt: skip
+
+    def write(results: list[Result], rounds_done: int) -> None:  # after every timed run: a kill keeps the rest
+        if args.json:
+            record = {**settings, "rounds_done": rounds_done, "results": [asdict(r) for r in results]}
+            Path(args.json).write_text(json.dumps(record, indent=1))
+
+    results = measure(benches, args, device, flops, peak, progress=write)
     print(report(results))
-    if args.json:
-        settings = {"arch": spec.arch, "img_size": args.img_size, "batch_size": args.batch_size,
-                    "precision": args.precision, "device": dev_name, "torch": torch.__version__,
-                    "gflops_per_image": flops / 1e9, "peak_tflops": peak}  # fmt: skip
-        Path(args.json).write_text(json.dumps({**settings, "results": [asdict(r) for r in results]}, indent=1))
     return results
 
 
