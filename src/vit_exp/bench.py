@@ -275,15 +275,12 @@ def measure(
             if round_ == 0:  # warm-up (and compilation) outside the timed runs
                 _timed(b.train_step, device, args.warmup, 0)
                 _timed(b.infer_step, device, args.warmup, 0)
-            others = 0
-            if device.type == "cuda":  # the peak of this one's step: the other benches' weights and state left out
+            cuda = device.type == "cuda"
+            if cuda:  # the peak of this one's step: the other benches' weights and state left out
                 others = torch.cuda.memory_allocated(device) - own_bytes(b)
                 torch.cuda.reset_peak_memory_stats(device)
             train[b.impl].append(n / _timed(b.train_step, device, 0, args.iters))
-            if device.type == "cuda":
-                mem[b.impl] = (torch.cuda.max_memory_allocated(device) - others) / 2**30
-            else:
-                mem[b.impl] = None
+            mem[b.impl] = (torch.cuda.max_memory_allocated(device) - others) / 2**30 if cuda else None
             infer[b.impl].append(n / _timed(b.infer_step, device, 0, args.iters))
             if progress is not None:
                 progress(results(), round_ + (b is benches[-1]))

@@ -72,7 +72,7 @@ def train(cfg: DictConfig) -> Results:
             str(cfg.paths.output_dir),
             start,
             print_summary,
-            images_per_s=throughput.images_per_s and round(throughput.images_per_s, 1),
+            images_per_s=_rounded(throughput.images_per_s, 1),
             images_per_s_steady=_rounded(throughput.images_per_s_steady, 1),
             input_wait_share=_rounded(throughput.input_wait_share, 4),
             device_gap_share=_rounded(throughput.device_gap_share, 4),
