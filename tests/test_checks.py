@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from PIL import Image
 from tests.conftest import ROOT, compose
 from vit_exp import run
 from vit_exp.build import build_module, restore_training_run, typed_keys
-from vit_exp.checks import check_trained, check_training_batches, check_values, validate
+from vit_exp.checks import check_shared_memory, check_trained, check_training_batches, check_values, validate
 from vit_exp.errors import ConfigError
 
 
@@ -104,6 +105,46 @@ def test_the_batch_count_is_per_rank() -> None:
     check_training_batches(None, ranks=8, batch_size=64)  # a stream: its length is unknown
     with pytest.raises(ConfigError, match=r"100 training images on 2 ranks \(50 per rank\) < data.batch_size=64"):
         check_training_batches(100, ranks=2, batch_size=64)
+
+
+def _shm_of(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    """/dev/shm as if it held ``size`` bytes (a container's is 64 MB by default)."""
+    monkeypatch.setattr("vit_exp.checks.shutil.disk_usage", lambda path: shutil._ntuple_diskusage(size, 0, size))
+
+
+def test_batches_in_flight_must_fit_in_shared_memory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """2 batches a worker and the one being read: 2 workers, 20 images at 224 px ran in a 16 MB /dev/shm and 24
+    died at their first batches (``unable to allocate shared memory``), after the model was built."""
+    _shm_of(monkeypatch, 16 * 2**20)
+    check_shared_memory(2, 20, 224, shm=tmp_path)  # 5 x 2.9 MB
+    with pytest.raises(ConfigError) as error:
+        check_shared_memory(2, 24, 224, shm=tmp_path)  # 5 x 3.4 MB
+    assert str(error.value) == (
+        f"data.num_workers=2 with data.batch_size=24 at 224 px keeps 17 MB of batches in {tmp_path} (5 x 3.4 MB: 2 a "
+        "worker and the one being read), which holds 16 MB: set data.num_workers=1, or a smaller data.batch_size, or "
+        "give the machine more shared memory (a container: docker run --shm-size=8g)"
+    )
+    check_shared_memory(1, 24, 224, shm=tmp_path)  # the count it suggests fits
+    check_shared_memory(0, 10_000, 224, shm=tmp_path)  # no workers: nothing goes through shared memory
+    check_shared_memory(2, 24, 224, shm=tmp_path / "absent")  # no /dev/shm: not Linux
+    with pytest.raises(ConfigError, match=r"num_workers=1 on each of 2 processes with data.eval_batch_size=24 .* "
+                       r"keeps 21 MB .*\(6 x 3.4 MB.*set data.num_workers=0"):  # fmt: skip
+        check_shared_memory(1, 24, 224, processes=2, batch_key="data.eval_batch_size", shm=tmp_path)
+
+
+def test_a_shared_memory_too_small_for_the_loaders_stops_before_the_model_is_built(
+    tiny_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _shm_of(monkeypatch, 64 * 2**20)  # Docker's default
+    root = _image_folder(tmp_path / "data", train=6)
+    cfg = tiny_cfg("data=imagefolder", f"data.root={root}", "data.num_classes=3", "data.num_workers=2", "res=224",
+                   "data.batch_size=4")  # fmt: skip
+    with monkeypatch.context() as m:
+        m.setattr("vit_exp.build.build_model", lambda *a: pytest.fail("the model was built"))
+        with pytest.raises(ConfigError, match=r"num_workers=2 with data.eval_batch_size=256 at 224 px keeps 184 MB"):
+            run.train(cfg)
+    assert not (tmp_path / "run").exists()  # nothing written
+    assert run.train(_folder_cfg(tiny_cfg, root, "res=224", "data.batch_size=4")).top1 is not None  # no workers
 
 
 def test_folder_mistakes_arrive_as_config_errors_not_wrapped_by_hydra(tiny_cfg, tmp_path: Path) -> None:

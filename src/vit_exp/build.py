@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -215,13 +215,21 @@ def describe(cfg: DictConfig, name: str) -> str:
     )
 
 
+def _processes(devices: Any) -> int:
+    """The processes one node runs for ``trainer.devices``, each with its own loader workers (1 when "auto")."""
+    if isinstance(devices, int) or (isinstance(devices, str) and devices.isdigit()):
+        return max(int(devices), 1)
+    return len(devices) if isinstance(devices, Sequence) and not isinstance(devices, str) else 1
+
+
 def prepare(cfg: DictConfig) -> tuple[ModelSpec, ViTDataModule, Any]:
-    """Validate, check the hardware, seed; then build the data module and the backbone.
+    """Validate, check the hardware, seed; then build the data module (its loaders' batches must fit in shared
+    memory) and the backbone.
 
     Returns:
         (the model's ``ModelSpec``, the data module, the backbone).
     """
-    from vit_exp.checks import check_hardware, resolve_model, validate
+    from vit_exp.checks import check_hardware, check_shared_memory, resolve_model, validate
     from vit_exp.hw import apply_matmul_precision, apply_threads
 
     spec = validate(cfg)
@@ -234,6 +242,11 @@ def prepare(cfg: DictConfig) -> tuple[ModelSpec, ViTDataModule, Any]:
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.data, spec.preprocessing)
+    if datamodule.device_decode is None:  # device decoding hands over file bytes: their size is the files'
+        sizes = {"data.batch_size": datamodule.batch_size, "data.eval_batch_size": datamodule.eval_batch_size}
+        key = max(sizes, key=sizes.__getitem__)  # the larger one: data.batch_size where they are equal
+        processes = _processes(cfg.trainer.devices)
+        check_shared_memory(datamodule.num_workers, sizes[key], datamodule.img_size, processes, key)
     if spec.num_classes != datamodule.num_classes:  # a config that leaves the head's size to the data (null)
         spec = resolve_model(cfg.model, num_classes=datamodule.num_classes)
     return spec, datamodule, build_model(spec, cfg.model)

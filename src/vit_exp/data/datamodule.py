@@ -104,6 +104,7 @@ class ViTDataModule(pl.LightningDataModule):
             log.info("data.num_workers=%d capped to %d: the CPUs this process may use", num_workers, cpus)
             num_workers = cpus
         self.num_workers = num_workers
+        self.img_size = img_size
         self.mean, self.std = tuple(mean), tuple(std)
         self.test_split = test_split
         self.eval_transform = build_eval_transform(img_size, crop_pct, interpolation)
