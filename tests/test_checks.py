@@ -109,7 +109,7 @@ def test_the_batch_count_is_per_rank() -> None:
 
 def _shm_of(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
     """/dev/shm as if it held ``size`` bytes (a container's is 64 MB by default)."""
-    monkeypatch.setattr("vit_exp.checks.shutil.disk_usage", lambda path: shutil._ntuple_diskusage(size, 0, size))
+    monkeypatch.setattr("shutil.disk_usage", lambda path: shutil._ntuple_diskusage(size, 0, size))
 
 
 def test_batches_in_flight_must_fit_in_shared_memory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -88,20 +88,21 @@ def test_a_failing_part_is_recorded_and_the_check_goes_on(tmp_path: Path, monkey
     assert slow.status == "skipped"  # less than MIN_BOX seconds: not started
 
 
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm: loader workers share memory otherwise")
 @pytest.mark.parametrize("mib", [64, 1024, 1 << 20])
 def test_the_train_parts_take_the_workers_that_shared_memory_holds(mib: int, monkeypatch, tmp_path: Path) -> None:
     """A container's /dev/shm (64 MB by default) cannot hold the batches of B/16's 15 workers: the check asks for as
-    many as fit, by the count that train.py's own check (``check_shared_memory``) holds it to."""
+    many as fit, which train.py's own check (``check_shared_memory``) lets through, and no more."""
     from vit_exp.checks import check_shared_memory
 
     size = mib * 2**20
     monkeypatch.setattr("shutil.disk_usage", lambda path: shutil._ntuple_diskusage(size, 0, size))
-    image = 3 * 224**2
-    workers = device_check.workers_for_shm(15, 256, image, shm=tmp_path)
-    assert workers == {64: 0, 1024: 13, 1 << 20: 15}[mib]
-    check_shared_memory(workers, 256, 224, shm=tmp_path)
+    seen: list[str] = []
+    monkeypatch.setattr(device_check, "_run", lambda part, command, box, **kw: seen.extend(command) or "")
+    part = device_check.run_train("host", tmp_path, device_check.REAL, tmp_path)
+    workers = part.data["workers"]
+    assert workers == {64: 0, 1024: 13, 1 << 20: 15}[mib] and f"data.num_workers={workers}" in seen
+    check_shared_memory(workers, 256, 224)
     if workers < 15:
         with pytest.raises(ConfigError):
-            check_shared_memory(workers + 1, 256, 224, shm=tmp_path)
-    assert device_check.workers_for_shm(0, 256, image, shm=tmp_path) == 0
-    assert device_check.workers_for_shm(15, 256, image, shm=tmp_path / "absent") == 15
+            check_shared_memory(workers + 1, 256, 224)

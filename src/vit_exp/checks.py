@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from vit_exp.errors import ConfigError, HardwareError
+from vit_exp.hw import LOADER_PREFETCH, SHM, batches_in_shm, shm_size, shm_workers
 from vit_exp.rules import UNSET, check_values, is_sharded, whole
 
 if TYPE_CHECKING:
@@ -227,10 +227,6 @@ def check_training_batches(images: int | None, ranks: int, batch_size: int) -> N
         )
 
 
-SHM = Path("/dev/shm")  # where DataLoader workers put the batches they hand over (torch's shm_open, on Linux)
-PREFETCH = 2  # batches each worker keeps ready: the DataLoader's prefetch_factor, which we do not change
-
-
 def check_shared_memory(
     workers: int,
     batch_size: int,
@@ -239,13 +235,12 @@ def check_shared_memory(
     batch_key: str = "data.batch_size",
     shm: Path = SHM,
 ) -> None:
-    """Loader workers hand each batch over in shared memory: a /dev/shm too small for the batches in flight (64 MB
-    in a Docker container by default) kills the run at its first batches with torch's ``unable to allocate shared
+    """Loader workers hand each batch over in shared memory: a /dev/shm too small for the batches in flight
+    (``vit_exp.hw.batches_in_shm``) kills the run at its first batches with torch's ``unable to allocate shared
     memory``, after the model is built. This stops it first, with the sizes and the fix.
 
-    In flight: ``PREFETCH`` batches of each worker and the one the main process is reading (measured: in a 16 MB
-    /dev/shm, 2 workers ran with batches of 20 images at 224 px, 5 x 2.9 MB, and died with 24). The estimate is a
-    floor: uint8 RGB images (what the image sources hand over; a float source hands over four times more).
+    The estimate is a floor: uint8 RGB images (what the image sources hand over; a float source hands over four
+    times more).
 
     Args:
         processes: This node's processes (devices), each with its own workers.
@@ -254,19 +249,16 @@ def check_shared_memory(
     Raises:
         ConfigError: the batches in flight cannot fit in ``shm``'s size.
     """
-    if workers == 0 or not shm.is_dir():  # the main process loads; or no /dev/shm (not Linux)
+    batch, size = batch_size * 3 * img_size**2, shm_size(shm)
+    batches = batches_in_shm(workers) * processes
+    if size is None or batches * batch <= size:
         return
-    batch, size = batch_size * 3 * img_size**2, shutil.disk_usage(shm).total
-    batches = (workers * PREFETCH + 1) * processes
-    if batches * batch <= size:
-        return
-    fits = max((size // (batch * processes) - 1) // PREFETCH, 0)
     per = f" on each of {processes} processes" if processes > 1 else ""
     raise ConfigError(
         f"data.num_workers={workers}{per} with {batch_key}={batch_size} at {img_size} px keeps "
-        f"{_mb(batches * batch)} of batches in {shm} ({batches} x {_mb(batch)}: {PREFETCH} a worker and the one "
-        f"being read), which holds {_mb(size)}: set data.num_workers={fits}, or a smaller {batch_key}, or give the "
-        "machine more shared memory (a container: docker run --shm-size=8g)"
+        f"{_mb(batches * batch)} of batches in {shm} ({batches} x {_mb(batch)}: {LOADER_PREFETCH} a worker and the "
+        f"one being read), which holds {_mb(size)}: set data.num_workers={shm_workers(batch, processes, shm)}, or a "
+        f"smaller {batch_key}, or give the machine more shared memory (a container: docker run --shm-size=8g)"
     )
 
 

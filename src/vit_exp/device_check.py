@@ -23,7 +23,7 @@ Writes ``device_check.json`` and ``device_check.md`` to ``$OUT`` (or ``--out``) 
 the command that runs only those again (``--parts device,bench4``: the install always runs, the JPEGs with the
 train.py parts), to fit a second try in what is left of the device time. ``--dry-run``: the same parts at tiny
 sizes on the CPU (vit_test, 32 px, a few steps), which a test runs. Only the standard library is imported
-here: the parts run in child processes, after the install.
+here (and ``vit_exp.hw``, which imports nothing else): the parts run in child processes, after the install.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from vit_exp.hw import shm_workers
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: src/vit_exp/device_check.py
 SITE = Path(os.environ.get("VIT_EXP_SITE", "/tmp/vit_exp_site"))  # where the carried wheels go (pip --target)
@@ -270,8 +272,11 @@ def run_train(decode: str, data: Path, sizes: Sizes, tmp: Path) -> Part:
     # what a worker hands over for each image: the decoded crop, or the file's bytes (device decoding)
     files = [f.stat().st_size for f in (data / "train").rglob("*.jpg")] if decode == "device" else []
     image_bytes = sum(files) // max(len(files), 1) if files else 3 * sizes.img_size**2
-    workers = workers_for_shm(sizes.workers, sizes.batch, image_bytes)
-    part.data["workers"] = workers  # fewer than asked where /dev/shm cannot hold their batches
+    # a container's /dev/shm (64 MB by default) cannot hold the batches of B/16's 15 workers (~1.2 GB): as many as
+    # it holds, by train.py's own count (vit_exp.checks.check_shared_memory), which would stop the part at once
+    fits = shm_workers(sizes.batch * image_bytes)
+    workers = sizes.workers if fits is None else min(sizes.workers, fits)
+    part.data["workers"] = workers
     overrides = [*sizes.hw, *sizes.train_model, f"res={sizes.img_size}", "data=imagefolder", f"data.root={data}",
                  "data.num_classes=4", f"data.decode={decode}", f"data.batch_size={sizes.batch}",
                  f"data.eval_batch_size={sizes.batch}", f"data.num_workers={workers}",
@@ -304,15 +309,6 @@ def run_train(decode: str, data: Path, sizes: Sizes, tmp: Path) -> Part:
     if decoder:  # device decoding: TorchCodec's, or torchvision's where TorchCodec cannot run
         part.data["decoder"] = decoder.group(1)
     return part
-
-
-def workers_for_shm(wanted: int, batch: int, image_bytes: int, shm: Path = Path("/dev/shm")) -> int:
-    """At most ``wanted`` loader workers whose batches fit in /dev/shm: 2 batches a worker and the one being read,
-    the count of ``vit_exp.checks.check_shared_memory`` (which a too small one would fail at once), here with the
-    standard library alone. A container's /dev/shm can be 64 MB; B/16's 15 workers hand over ~1.2 GB."""
-    if wanted == 0 or not shm.is_dir():
-        return wanted
-    return max(min(wanted, (shutil.disk_usage(shm).total // (batch * image_bytes) - 1) // 2), 0)
 
 
 def markdown(parts: list[Part], header: str) -> str:
