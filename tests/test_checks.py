@@ -127,6 +127,9 @@ def test_batches_in_flight_must_fit_in_shared_memory(monkeypatch: pytest.MonkeyP
     check_shared_memory(1, 24, 224, shm=tmp_path)  # the count it suggests fits
     check_shared_memory(0, 10_000, 224, shm=tmp_path)  # no workers: nothing goes through shared memory
     check_shared_memory(2, 24, 224, shm=tmp_path / "absent")  # no /dev/shm: not Linux
+    _shm_of(monkeypatch, 0)
+    check_shared_memory(2, 24, 224, shm=tmp_path)  # a file system that reports no size: unknown, not full
+    _shm_of(monkeypatch, 16 * 2**20)
     with pytest.raises(ConfigError, match=r"num_workers=1 on each of 2 processes with data.eval_batch_size=24 .* "
                        r"keeps 21 MB .*\(6 x 3.4 MB.*set data.num_workers=0"):  # fmt: skip
         check_shared_memory(1, 24, 224, processes=2, batch_key="data.eval_batch_size", shm=tmp_path)

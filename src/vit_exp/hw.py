@@ -90,8 +90,8 @@ def batches_in_shm(workers: int) -> int:
 
 def shm_size(shm: Path = SHM) -> int | None:
     """The bytes that ``shm`` holds (a container's is 64 MB unless ``docker run --shm-size`` says more); None where
-    there is none (macOS, Windows: torch shares memory otherwise)."""
-    return shutil.disk_usage(shm).total if shm.is_dir() else None
+    there is none (macOS, Windows: torch shares memory otherwise) or it reports no size."""
+    return (shutil.disk_usage(shm).total or None) if shm.is_dir() else None
 
 
 def shm_workers(batch_bytes: int, processes: int = 1, shm: Path = SHM) -> int | None:
