@@ -277,6 +277,10 @@ def run_train(decode: str, data: Path, sizes: Sizes, tmp: Path) -> Part:
     fits = shm_workers(sizes.batch * image_bytes)
     workers = sizes.workers if fits is None else min(sizes.workers, fits)
     part.data["workers"] = workers
+    if workers == 0 < sizes.workers:  # decoding in the training process would only run out of the part's time
+        part.status = "skipped"
+        part.detail = f"/dev/shm cannot hold one loader worker's batches ({sizes.batch} x {image_bytes:,} bytes)"
+        return part
     overrides = [*sizes.hw, *sizes.train_model, f"res={sizes.img_size}", "data=imagefolder", f"data.root={data}",
                  "data.num_classes=4", f"data.decode={decode}", f"data.batch_size={sizes.batch}",
                  f"data.eval_batch_size={sizes.batch}", f"data.num_workers={workers}",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ def records(path: Path) -> Iterator[Any]:
     from wandb.proto import wandb_internal_pb2
 
     data = Path(path).read_bytes()
+    if len(data) < HEADER.size:  # not written yet (W&B's service buffers it)
+        return
     ident, magic, _ = HEADER.unpack_from(data)
     assert ident == b":W&B" and magic == 0xBEE1, f"{path} is not a W&B run file"
     pos, parts = HEADER.size, []
@@ -34,6 +37,8 @@ def records(path: Path) -> Iterator[Any]:
             continue
         _, length, kind = CHUNK.unpack_from(data, pos)
         pos += CHUNK.size
+        if pos + length > len(data):  # a chunk still being written
+            break
         parts.append(data[pos : pos + length])
         pos += length
         if kind in (FULL, LAST):
@@ -89,6 +94,17 @@ def read_run(path: Path) -> OfflineRun:
     return run
 
 
-def offline_runs(run_dir: Path) -> list[OfflineRun]:
-    """The offline W&B runs under ``run_dir/wandb``, oldest first."""
-    return [read_run(p) for p in sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))]
+def offline_runs(run_dir: Path, wait_s: float = 30.0) -> list[OfflineRun]:
+    """The offline W&B runs under ``run_dir/wandb``, oldest first, each read once its exit record is on disk.
+
+    W&B's service writes a run's file on its own schedule, buffered (an open run's file can be empty: wandb/wandb
+    #9525), and a run ended in this process may be read before the service has written its end: CI once read a
+    resumed run's file without even its run record. So wait, up to ``wait_s``, for every run to hold its exit;
+    a run that never ends is returned as it is, for the test's assertions to show.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        runs = [read_run(p) for p in sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))]
+        if all(r.exit_code is not None for r in runs) or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.1)
