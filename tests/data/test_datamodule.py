@@ -92,6 +92,18 @@ def test_loader_workers_are_capped_to_the_usable_cpus(monkeypatch, caplog) -> No
     assert _datamodule(num_workers=2).num_workers == 2 and "capped" not in caplog.text
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_batches_are_pinned_only_for_a_run_on_a_gpu(device: str, monkeypatch) -> None:
+    """On a GPU machine a ``hw=cpu`` run would pin every batch for nothing; the run's device decides."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine
+    dm = _datamodule()
+    dm.setup("fit")
+    assert dm.train_dataloader().pin_memory  # outside a fit: by the machine
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)), global_rank=0)
+    on_gpu = device == "cuda"
+    assert dm.train_dataloader().pin_memory == on_gpu and dm.val_dataloader().pin_memory == on_gpu
+
+
 def test_random_erasing_only_on_training_batches() -> None:
     dm = _datamodule(train_aug=ERASE_ALL, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     assert dm.train_transform is dm.eval_transform  # erasing alone adds no image transform

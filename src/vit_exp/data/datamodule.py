@@ -172,7 +172,7 @@ class ViTDataModule(pl.LightningDataModule):
             "drop_last": train,
             "num_workers": self.num_workers,
             "persistent_workers": self.num_workers > 0,
-            "pin_memory": torch.cuda.is_available(),
+            "pin_memory": self._pin_memory(),
         }
         if self.device_decode is not None:
             kwargs["collate_fn"] = collate_encoded
@@ -192,6 +192,13 @@ class ViTDataModule(pl.LightningDataModule):
         # Its position mid-epoch is saved in checkpoints, and each image is augmented with its own seed: an exact
         # resume (vit_exp.data.order).
         return resumable_loader(dataset, sampler=sampler, **kwargs)
+
+    def _pin_memory(self) -> bool:
+        """Pinned batches copy to a GPU without waiting; a run on the CPU (``hw=cpu`` on a GPU machine too) would
+        pin them for nothing, in one more thread per loader."""
+        if self.trainer is None:  # a loader made outside a fit (a notebook, a test): by the machine
+            return torch.cuda.is_available()
+        return self.trainer.strategy.root_device.type == "cuda"
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
