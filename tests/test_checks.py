@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
+import re
 import shutil
 import subprocess
 import sys
@@ -19,7 +21,15 @@ from PIL import Image
 from tests.conftest import ROOT, compose
 from vit_exp import run
 from vit_exp.build import build_module, restore_training_run, typed_keys
-from vit_exp.checks import check_shared_memory, check_trained, check_training_batches, check_values, validate
+from vit_exp.checks import (
+    check_shared_memory,
+    check_trained,
+    check_training_batches,
+    check_val_interval,
+    check_values,
+    validate,
+)
+from vit_exp.cli import CONF_DIR
 from vit_exp.errors import ConfigError
 
 
@@ -30,6 +40,7 @@ from vit_exp.errors import ConfigError
         (["trainer.max_epochs=0"], "trainer.max_epochs=0 is not a whole number >= 1"),
         (["trainer.max_steps=2.5"], "trainer.max_steps=2.5 is not a whole number >= 1, or -1"),
         (["trainer.devices=0"], "trainer.devices=0 is not a device count >= 1"),
+        (["trainer.accelerator=gpuu"], "trainer.accelerator=gpuu is not one of cpu, gpu, cuda, tpu, mps, auto"),
         (["trainer.precision=bf17"], "trainer.precision=bf17 is not one of 16-true, 16-mixed, bf16-true"),
         (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps=0 is not a whole number >= 1"),
         (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1 is not a number >= 0"),
@@ -43,6 +54,9 @@ from vit_exp.errors import ConfigError
         (["seed=abc"], "seed=abc is not a whole number"),
         (["loss.label_smoothing=1.5"], "loss.label_smoothing=1.5 is not a number in [0, 1)"),
         (["compile=maybe"], "compile=maybe is not true or false"),
+        (["model.drop_path_rate=2"], "model.drop_path_rate=2 is not a probability in [0, 1); set e.g. model.drop_path"),
+        (["+model.attn_drop_rate=-0.1"], "model.attn_drop_rate=-0.1 is not a probability in [0, 1)"),
+        (["+model.drop_rate=1"], "model.drop_rate=1 is not a probability in [0, 1)"),
         (["lr_scaling.rule=linear"], "lr_scaling.rule=linear needs lr_scaling.base_batch"),
         (["mixup={mixup_alpha: -1}"], "one of them must be > 0 (and neither < 0)"),
         (["data=jft", "data.source.urls.train=x.tar", "data.source.urls.val=x.tar", "data.source.samples_per_epoch.train=8",
@@ -56,7 +70,8 @@ def test_values_users_type_are_checked_with_the_key_the_value_and_the_fix(overri
 
 
 def test_the_shipped_defaults_pass_the_value_checks() -> None:
-    for overrides in ([], ["optim=sgd", "sched=warmup_linear"], ["debug=fast_dev_run"], ["hw=ddp_sim"]):
+    profiles = [[f"hw={p.stem}"] for p in sorted((Path(CONF_DIR) / "hw").glob("*.yaml"))]
+    for overrides in ([], ["optim=sgd", "sched=warmup_linear"], ["debug=fast_dev_run"], *profiles):
         check_values(compose("train", overrides, Path("/tmp/unused")))
 
 
@@ -75,6 +90,24 @@ def test_train_from_a_file_that_is_no_checkpoint_says_so(tiny_cfg, tmp_path: Pat
         run.train(tiny_cfg(f"ckpt_path={text}"))
     with pytest.raises(ConfigError, match="ckpt_path .*missing.ckpt does not exist"):
         run.train(tiny_cfg(f"ckpt_path={tmp_path / 'missing.ckpt'}"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.strategy=dpp", "You selected an invalid strategy name: `strategy='dpp'`"),
+        ("++trainer.foo=1", "got an unexpected keyword argument 'foo'"),
+        ("trainer.strategy=deepspeed", "you must have DeepSpeed installed"),
+    ],
+)
+def test_what_lightnings_trainer_refuses_is_a_config_error_with_its_message(
+    tiny_cfg, override: str, message: str
+) -> None:
+    """Not Hydra's "Error in call to target" (and its traceback): one line, with Lightning's own words."""
+    if "deepspeed" in override and importlib.util.find_spec("deepspeed"):
+        pytest.skip("DeepSpeed is installed here")
+    with pytest.raises(ConfigError, match="^Lightning's Trainer refuses the trainer settings: .*" + re.escape(message)):
+        run.train(tiny_cfg(override))
 
 
 def _image_folder(root: Path, train: int, classes: int = 3, loose: bool = False) -> Path:
@@ -107,9 +140,48 @@ def test_the_batch_count_is_per_rank() -> None:
         check_training_batches(100, ranks=2, batch_size=64)
 
 
+def test_a_validation_interval_longer_than_an_epoch_stops_before_fit(tiny_cfg, tmp_path: Path) -> None:
+    """Lightning refuses it when fit starts (a ValueError and its traceback): 30 images, batch 8 per rank give 3
+    training batches; 3 steps run, 4 stop first, with Lightning's boundary (its own check ran the 3)."""
+    root = _image_folder(tmp_path / "data", train=30)
+    run.train(_folder_cfg(tiny_cfg, root, "data.batch_size=8", "++trainer.val_check_interval=3"))
+    with pytest.raises(ConfigError) as error:
+        run.train(_folder_cfg(tiny_cfg, root, "data.batch_size=8", "++trainer.val_check_interval=4"))
+    assert str(error.value) == (
+        "trainer.val_check_interval=4 steps is longer than an epoch of 3 training batches; set it to at most 3, or to "
+        "a fraction of an epoch (e.g. 0.5), or count steps across epochs with trainer.check_val_every_n_epoch=null"
+    )
+
+
+@pytest.mark.parametrize(
+    ("trainer", "batches"),
+    [({"limit_train_batches": 2}, 2), ({"limit_train_batches": 0.5}, 5), ({}, 10)],
+)
+def test_the_validation_interval_counts_the_limited_batches_per_rank(trainer: dict, batches: int) -> None:
+    for interval, ok in ((batches, True), (batches + 1, False)):
+        cfg = OmegaConf.create({"val_check_interval": interval, **trainer})
+        if ok:
+            check_val_interval(cfg, images=160, ranks=2, batch_size=8)  # 80 a rank: 10 batches
+        else:
+            with pytest.raises(ConfigError, match=f"an epoch of {batches} training batches"):
+                check_val_interval(cfg, images=160, ranks=2, batch_size=8)
+    no_validation = [{"check_val_every_n_epoch": None}, {"limit_val_batches": 0}, {"val_check_interval": 0.5}]
+    for extra in no_validation:  # steps across epochs, no validation, a fraction of an epoch: not checked
+        check_val_interval(OmegaConf.create({"val_check_interval": 1000, **extra}), images=160, ranks=2, batch_size=8)
+    check_val_interval(OmegaConf.create({"val_check_interval": 1000}), images=None, ranks=1, batch_size=8)  # a stream
+
+
 def _shm_of(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
     """/dev/shm as if it held ``size`` bytes (a container's is 64 MB by default)."""
     monkeypatch.setattr("shutil.disk_usage", lambda path: shutil._ntuple_diskusage(size, 0, size))
+
+
+def test_a_nodes_processes_are_counted_from_trainer_devices() -> None:
+    """Each process has its own loader workers, whose batches share the node's /dev/shm."""
+    from vit_exp.build import _processes
+
+    devices = [1, 2, "2", "auto", -1, "0,1", "3,", OmegaConf.create([0, 1, 2])]
+    assert [_processes(d) for d in devices] == [1, 2, 2, 1, 1, 2, 1, 3]  # auto and -1: a floor
 
 
 def test_batches_in_flight_must_fit_in_shared_memory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +44,23 @@ def our_errors() -> Iterator[None]:
         if cause is None:
             raise
         raise cause from None
+
+
+@contextmanager
+def trainer_errors() -> Iterator[None]:
+    """What Lightning's ``Trainer`` refuses in its arguments (an unknown accelerator or strategy, a strategy whose
+    package is missing, a stray keyword) as a ``ConfigError`` with Lightning's own message, which names the
+    argument; our own errors (a callback's, a logger's) as themselves."""
+    from hydra.errors import InstantiationException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        with our_errors():
+            yield
+    except InstantiationException as e:
+        if isinstance(e.__cause__, (MisconfigurationException, ValueError, TypeError)):
+            raise ConfigError(f"Lightning's Trainer refuses the trainer settings: {e.__cause__}") from None
+        raise
 
 
 def build_datamodule(data_cfg: DictConfig, preprocessing: Any) -> ViTDataModule:
@@ -137,7 +154,8 @@ def build_trainer(cfg: DictConfig, callbacks: list[Any], with_config_callbacks: 
         made = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
         callbacks = [c for c in made if c is not None] + callbacks  # None: switched off (callbacks.ema.decay=null)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    with trainer_errors():
+        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
 def batch_plan(cfg: DictConfig, trainer: pl.Trainer) -> BatchPlan:
@@ -216,10 +234,13 @@ def describe(cfg: DictConfig, name: str) -> str:
 
 
 def _processes(devices: Any) -> int:
-    """The processes one node runs for ``trainer.devices``, each with its own loader workers (1 when "auto")."""
+    """The processes one node runs for ``trainer.devices``, each with its own loader workers (1 when "auto" or
+    -1: a floor)."""
+    from vit_exp.checks import device_ids
+
     if isinstance(devices, int) or (isinstance(devices, str) and devices.isdigit()):
         return max(int(devices), 1)
-    return len(devices) if isinstance(devices, Sequence) and not isinstance(devices, str) else 1
+    return len(device_ids(devices)) or 1
 
 
 def prepare(cfg: DictConfig) -> tuple[ModelSpec, ViTDataModule, Any]:

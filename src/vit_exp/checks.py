@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vit_exp.errors import ConfigError, HardwareError
 from vit_exp.hw import LOADER_PREFETCH, SHM, batches_in_shm, shm_size, shm_workers
-from vit_exp.rules import UNSET, check_values, is_sharded, whole
+from vit_exp.rules import UNSET, check_values, is_sharded, shown, whole
 
 if TYPE_CHECKING:
     from vit_exp.models import ModelSpec
@@ -138,10 +138,12 @@ def check_hardware(trainer_cfg: DictConfig) -> None:
 
     Raises:
         HardwareError: TPU/XLA without torch_xla or a TPU (or with a device count, strategy or precision that XLA
-            does not run), a GPU profile without CUDA or with more GPUs than there are,
-            FSDP on the CPU, or several nodes without a launcher that starts their processes.
+            does not run), a GPU profile without CUDA or with more GPUs (or other GPU ids) than there are, a CPU
+            run given -1 or device ids for its processes, FSDP on the CPU, or several nodes without a launcher
+            that starts their processes.
     """
     accelerator, strategy = trainer_cfg.get("accelerator"), trainer_cfg.get("strategy")
+    devices = trainer_cfg.get("devices")
     if accelerator == "tpu" or strategy in ("xla", "single_xla"):
         _check_xla(trainer_cfg)
     if accelerator in ("gpu", "cuda"):
@@ -149,12 +151,23 @@ def check_hardware(trainer_cfg: DictConfig) -> None:
 
         if not torch.cuda.is_available():
             raise HardwareError("this hardware profile needs a CUDA GPU and none is visible here; use hw=cpu")
-        devices, found = trainer_cfg.get("devices"), torch.cuda.device_count()
-        if isinstance(devices, int) and devices > found:
+        found, ids = torch.cuda.device_count(), device_ids(devices)
+        if whole(devices) and devices > found:
             raise HardwareError(
                 f"trainer.devices={devices} GPUs asked for, {found} visible here; set trainer.devices={found} "
                 "(or -1: every visible GPU)"
             )
+        if ids and max(ids) >= found:
+            raise HardwareError(
+                f"trainer.devices={shown(devices)} names GPU {max(ids)}, and the GPUs visible here are 0 to "
+                f"{found - 1}; name those (e.g. trainer.devices=[0]), or give a count (trainer.devices={found})"
+            )
+    if accelerator == "cpu" and not _cpu_count(devices):
+        # Lightning's CPU accelerator takes a number of processes: -1 and device ids count or name GPUs
+        raise HardwareError(
+            f"trainer.devices={shown(devices)} on the CPU, which takes a number of processes, not -1 or device ids; "
+            "set trainer.devices=1 (or auto), or e.g. hw=ddp_sim trainer.devices=2 for DDP over CPU processes"
+        )
     if accelerator == "cpu" and is_sharded(strategy):
         raise HardwareError("Lightning runs FSDP on CUDA GPUs only; on the CPU use hw=ddp_sim (DDP over gloo)")
     nodes = trainer_cfg.get("num_nodes") or 1
@@ -165,6 +178,21 @@ def check_hardware(trainer_cfg: DictConfig) -> None:
             "is here (no SLURM_NTASKS, no MASTER_ADDR/NODE_RANK): run under SLURM with "
             "`srun python train.py hw=multinode ...`, or `torchrun --nnodes=N ... train.py hw=ddp trainer.num_nodes=N`"
         )
+
+
+def device_ids(devices: Any) -> list[int]:
+    """The device ids that ``trainer.devices`` names (a list, or a string with a comma: ``"0,1"``, ``"3,"``), as
+    Lightning reads it; none for a count (``2``, ``"2"``, ``-1``, ``auto``)."""
+    if isinstance(devices, str):
+        return [int(p) for p in devices.split(",") if p.strip().isdigit()] if "," in devices else []
+    return [int(d) for d in devices] if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)) else []
+
+
+def _cpu_count(devices: Any) -> bool:
+    """``trainer.devices`` is what Lightning's CPU accelerator takes: a number of processes >= 1, or auto."""
+    if isinstance(devices, str):
+        return devices == "auto" or devices.strip().isdigit() and int(devices) >= 1
+    return whole(devices) and devices >= 1
 
 
 def _check_xla(trainer_cfg: DictConfig) -> None:
@@ -224,6 +252,31 @@ def check_training_batches(images: int | None, ranks: int, batch_size: int) -> N
         raise ConfigError(
             f"{images} training images {on}{share} < data.batch_size={batch_size}: no full training batch "
             f"(the last, partial one is dropped); lower data.batch_size to at most {max(per_rank, 1)}"
+        )
+
+
+def check_val_interval(trainer_cfg: DictConfig, images: int | None, ranks: int, batch_size: int) -> None:
+    """A validation every ``trainer.val_check_interval`` steps (a whole number) must come within an epoch's training
+    batches, as Lightning demands when fit starts (a ``ValueError`` there); streams of unknown length are not
+    checked.
+
+    Raises:
+        ConfigError: the interval is longer than an epoch, with the epoch's batches and the fixes.
+    """
+    interval, limit = trainer_cfg.get("val_check_interval"), trainer_cfg.get("limit_train_batches")
+    validates = trainer_cfg.get("check_val_every_n_epoch", 1) is not None and trainer_cfg.get("limit_val_batches", 1)
+    if images is None or not whole(interval) or not validates:
+        return
+    batches = math.ceil(images / ranks) // batch_size  # per rank; training loaders drop the last, partial batch
+    if whole(limit):
+        batches = min(batches, limit)
+    elif isinstance(limit, float):
+        batches = int(batches * limit)
+    if interval > batches:
+        raise ConfigError(
+            f"trainer.val_check_interval={interval} steps is longer than an epoch of {batches} training batches; set "
+            f"it to at most {batches}, or to a fraction of an epoch (e.g. 0.5), or count steps across epochs with "
+            "trainer.check_val_every_n_epoch=null"
         )
 
 

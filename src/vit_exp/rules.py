@@ -20,6 +20,7 @@ PRECISIONS = (
 )  # fmt: skip
 UNSET = object()
 DISTILL_KINDS = ("soft", "hard")  # vit_exp.distill's losses (conf/distill)
+ACCELERATORS = ("cpu", "gpu", "cuda", "tpu", "mps", "auto")  # trainer.accelerator: Lightning's names
 DECODES = ("host", "device")  # data.decode: where JPEGs are decoded (vit_exp.data.device_decode)
 WAIT_POLICIES = ("auto", "passive", "active")  # hw.omp_wait_policy (vit_exp.hw)
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # hw.matmul_precision: torch.set_float32_matmul_precision's
@@ -62,6 +63,8 @@ def _rules() -> tuple[Rule, ...]:
              f"{count} (or -1: no limit, max_steps decides)", "10"),
         Rule("trainer.max_steps", lambda v: whole(v) and (v >= 1 or v == -1),
              f"{count}, or -1 (max_epochs decides)", "1000"),
+        Rule("trainer.accelerator", lambda v: v in ACCELERATORS, f"one of {', '.join(ACCELERATORS)} (or a hw= profile)",
+             "gpu"),
         Rule("trainer.devices", _devices, "a device count >= 1, -1 (every device), auto, or a list of ids", "1"),
         Rule("trainer.num_nodes", lambda v: whole(v) and v >= 1, count, "1"),
         Rule("trainer.precision", lambda v: str(v) in PRECISIONS, f"one of {', '.join(PRECISIONS[2:8])}", "32-true"),
@@ -96,6 +99,8 @@ def _rules() -> tuple[Rule, ...]:
              f"one of {', '.join(WAIT_POLICIES)} (or null)", "passive"),
         Rule("hw.matmul_precision", lambda v: v is None or v in MATMUL_PRECISIONS,
              f"one of {', '.join(MATMUL_PRECISIONS)} (or null)", "high"),
+        *(Rule(f"model.{k}", lambda v: _number(v) and 0 <= v < 1, "a probability in [0, 1)", "0.1")
+          for k in ("drop_rate", "attn_drop_rate", "drop_path_rate")),
         Rule("model.flexi.patch_sizes", lambda v: v is None or isinstance(v, ListConfig) and len(v) > 0
              and all(whole(p) and p >= 1 for p in v), "a list of patch sizes (or null: the model's only)", "[2,4,8]"),
         Rule("model.flexi.eval_patch_size", lambda v: v is None or whole(v) and v >= 1,
@@ -116,7 +121,7 @@ def _rules() -> tuple[Rule, ...]:
     )  # fmt: skip
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
     """A value as it would be typed on the command line."""
     if isinstance(value, str):
         return value
@@ -134,7 +139,7 @@ def check_values(cfg: DictConfig) -> None:
     for rule in _rules():
         value = OmegaConf.select(cfg, rule.key, default=UNSET)
         if value is not UNSET and not rule.ok(value):
-            raise ConfigError(f"{rule.key}={_shown(value)} is not {rule.want}; set e.g. {rule.key}={rule.example}")
+            raise ConfigError(f"{rule.key}={shown(value)} is not {rule.want}; set e.g. {rule.key}={rule.example}")
     scaling = cfg.get("lr_scaling") or {}
     if scaling.get("rule") not in (None, "none") and not scaling.get("base_batch"):
         raise ConfigError(
@@ -166,14 +171,14 @@ def _check_mixup(mixup: Any) -> None:
     if mixup is None:
         return
     if not isinstance(mixup, DictConfig):
-        raise ConfigError(f"mixup={_shown(mixup)} is not a mapping; write mixup='{{mixup_alpha: 0.8}}' or mixup=null")
+        raise ConfigError(f"mixup={shown(mixup)} is not a mapping; write mixup='{{mixup_alpha: 0.8}}' or mixup=null")
     alphas = [mixup.get(k, 0.0) for k in ("mixup_alpha", "cutmix_alpha")]
     if not all(_number(a) and a >= 0 for a in alphas) or not any(alphas):
         raise ConfigError(
-            f"mixup.mixup_alpha={_shown(alphas[0])} mixup.cutmix_alpha={_shown(alphas[1])}: one of them must be > 0 "
+            f"mixup.mixup_alpha={shown(alphas[0])} mixup.cutmix_alpha={shown(alphas[1])}: one of them must be > 0 "
             "(and neither < 0); set e.g. mixup.mixup_alpha=0.8, or mixup=null to train without it"
         )
     for key in ("prob", "switch_prob"):
         value = mixup.get(key, 0.5)
         if not (_number(value) and 0 <= value <= 1):
-            raise ConfigError(f"mixup.{key}={_shown(value)} is not a probability in [0, 1]; set e.g. mixup.{key}=0.5")
+            raise ConfigError(f"mixup.{key}={shown(value)} is not a probability in [0, 1]; set e.g. mixup.{key}=0.5")

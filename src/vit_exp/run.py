@@ -14,7 +14,7 @@ from omegaconf import DictConfig, open_dict
 
 from vit_exp.build import batch_plan, build_module, build_trainer, prepare, restore_training_run, typed_keys
 from vit_exp.checkpoints import checkpoint_config
-from vit_exp.checks import check_trained, check_training_batches
+from vit_exp.checks import check_trained, check_training_batches, check_val_interval
 from vit_exp.errors import ConfigError
 from vit_exp.results import Results, checkpoint_callbacks, model_card_results, percent, print_summary, report
 
@@ -46,7 +46,9 @@ def train(cfg: DictConfig) -> Results:
     batch = batch_plan(cfg, trainer)
     log.info("%s", batch.describe())
     datamodule.setup("fit")  # Lightning's own setup call then finds the splits built
-    check_training_batches(_length(datamodule.datasets["train"]), batch.devices * batch.nodes, batch.per_device)
+    images, ranks = _length(datamodule.datasets["train"]), batch.devices * batch.nodes
+    check_training_batches(images, ranks, batch.per_device)
+    check_val_interval(cfg.trainer, images, ranks, batch.per_device)
     module = build_module(cfg, backbone, datamodule, lr=batch.lr)
     # FSDP leaves the module's parameters as views into its shards after fit; the test wraps the module again and
     # loads the best (sharded) checkpoint into it, which needs the module as it was before fit.

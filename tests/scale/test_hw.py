@@ -83,3 +83,34 @@ def test_missing_hardware_is_named(
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(HardwareError, match=missing):
         check_hardware(compose("train", overrides, tmp_path).trainer)
+
+
+@pytest.mark.parametrize("devices", ["-1", "[0,1]", "'0,1'", "'3,'"])
+def test_a_cpu_run_takes_a_number_of_processes_not_gpu_ids(devices: str, tmp_path: Path) -> None:
+    """Lightning's CPU accelerator rejects these in the Trainer (a TypeError in Hydra's instantiate): here first."""
+    trainer = compose("train", [f"trainer.devices={devices}"], tmp_path).trainer
+    with pytest.raises(HardwareError, match=r"on the CPU, which takes a number of processes, not -1 or device ids; "
+                       r"set trainer.devices=1 \(or auto\)"):  # fmt: skip
+        check_hardware(trainer)
+
+
+@pytest.mark.parametrize("devices", ["1", "2", "auto", "'2'"])
+def test_a_cpu_process_count_passes(devices: str, tmp_path: Path) -> None:
+    check_hardware(compose("train", [f"trainer.devices={devices}"], tmp_path).trainer)
+
+
+@pytest.mark.parametrize(
+    ("devices", "error"),
+    [("[0,1]", None), ("'1,'", None), ("[0,3]", "names GPU 3"), ("'2,'", "names GPU 2"), ("3", "3 GPUs asked for")],
+)
+def test_gpu_ids_are_checked_against_the_visible_gpus(
+    devices: str, error: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    trainer = compose("train", ["hw=gpu", f"trainer.devices={devices}"], tmp_path).trainer
+    if error is None:
+        check_hardware(trainer)
+    else:
+        with pytest.raises(HardwareError, match=error):
+            check_hardware(trainer)

@@ -13,6 +13,7 @@ import yaml
 from tests.conftest import ROOT
 from tests.scale.conftest import QUICK, read_csv
 from tests.scale.wandb_records import offline_runs
+from vit_exp.errors import ConfigError
 
 
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on_with_one_wandb_run_per_job(cli, tmp_path: Path) -> None:
@@ -59,6 +60,22 @@ def test_optuna_search_maximises_val_top1_and_lists_every_trial(cli, tmp_path: P
     assert {"optim.lr", "optim.weight_decay", "sched.warmup_steps"} <= set(trials[0])
     best = yaml.safe_load((search / "optimization_results.yaml").read_text())
     assert best["best_value"] == max(float(t["objective"]) for t in trials)
+
+
+def test_a_launcher_without_a_task_count_stops_in_one_line_before_any_job(cli, tmp_path: Path) -> None:
+    """trainer.devices=-1 (hw=ddp's) is no number of tasks to start: one error line, no traceback, and the sweep
+    directory Hydra made for it (nothing in it but multirun.yaml) is removed; a folder with files of its own stays."""
+    out = cli("-m", *QUICK, "launcher=local", "trainer.devices=-1", "hydra.sweep.dir=sweep", expect=1)
+    assert out.stderr.strip().splitlines() == [
+        "error: trainer.devices=-1: the launcher starts one task per device (hydra.launcher.tasks_per_node) and "
+        "needs their number; set trainer.devices to the number of GPUs per node (e.g. trainer.devices=8), not -1 "
+        "or auto"
+    ]
+    assert not (tmp_path / "sweep").exists()
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("mine")
+    cli("-m", *QUICK, "launcher=local", "trainer.devices=-1", "hydra.sweep.dir=kept", expect=1)
+    assert (tmp_path / "kept" / "notes.txt").read_text() == "mine"
 
 
 def test_submitit_local_launcher_runs_each_job_in_its_own_process(cli, tmp_path: Path) -> None:
@@ -145,5 +162,5 @@ def test_slurm_jobs_get_one_task_per_gpu_and_srun_ends_a_job_whose_task_failed(
     assert "#SBATCH --gpus-per-node=8" in script and "#SBATCH --signal=USR2@120" in script
     assert "--kill-on-bad-exit=1" in next(line for line in script.splitlines() if line.startswith("srun"))
 
-    with pytest.raises(ValueError, match="set trainer.devices to the number of GPUs per node"):
+    with pytest.raises(ConfigError, match="trainer.devices=-1: .* set trainer.devices to the number of GPUs per node"):
         make_executor("slurm", _launcher_params("launcher=slurm", "hw=ddp", f"hydra.sweep.dir={tmp_path}"))

@@ -12,8 +12,11 @@ A job whose process died (killed for memory, a segfault) is reported as a failed
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
+import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -37,18 +40,21 @@ def make_executor(executor: str, params: dict[str, Any]) -> Any:
     wait for it in a collective until the process group's timeout.
 
     Raises:
-        ValueError: ``tasks_per_node`` (``trainer.devices``) is not a number of devices.
+        ConfigError: ``tasks_per_node`` (``trainer.devices``) is not a number of devices.
     """
     import submitit
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
     from omegaconf import OmegaConf
 
+    from vit_exp.errors import ConfigError
+
     params = dict(params)
     tasks = params.get("tasks_per_node")
-    if not isinstance(tasks, int) or tasks < 1:
-        raise ValueError(
-            f"the launcher starts one task per device, tasks_per_node=${{trainer.devices}}, which is {tasks!r}; set "
-            "trainer.devices to the number of GPUs per node (e.g. trainer.devices=8), not -1 or auto"
+    if not isinstance(tasks, int) or isinstance(tasks, bool) or tasks < 1:
+        raise ConfigError(
+            f"trainer.devices={tasks}: the launcher starts one task per device (hydra.launcher.tasks_per_node) and "
+            "needs their number; set trainer.devices to the number of GPUs per node (e.g. trainer.devices=8), "
+            "not -1 or auto"
         )
     if executor == "slurm":
         params.setdefault("srun_args", ["--kill-on-bad-exit=1"])
@@ -59,6 +65,17 @@ def make_executor(executor: str, params: dict[str, Any]) -> Any:
     auto = submitit.AutoExecutor(cluster=executor, **init)
     auto.update_parameters(**{k if k in common else f"{executor}_{k}": v for k, v in params.items()})
     return auto
+
+
+def _remove_unused_sweep_dir(sweep_dir: Path) -> None:
+    """Remove the sweep directory when it holds nothing but the ``multirun.yaml`` Hydra wrote before the launcher
+    stopped (a directory given with other files in it stays); the default ``outputs/multirun/DATE/TIME``'s DATE
+    goes too if now empty."""
+    if sweep_dir.is_dir() and [p.name for p in sweep_dir.iterdir()] == ["multirun.yaml"]:
+        shutil.rmtree(sweep_dir, ignore_errors=True)
+        if sweep_dir.parent.parent.name == "multirun":
+            with contextlib.suppress(OSError):
+                sweep_dir.parent.rmdir()
 
 
 def _what_failed(error: Exception) -> str:
@@ -112,7 +129,13 @@ if submitit_launcher is not None:
             import submitit
             from hydra.core.singleton import Singleton
 
-            executor = make_executor(self._EXECUTOR, self.params)
+            from vit_exp.errors import ConfigError
+
+            try:
+                executor = make_executor(self._EXECUTOR, self.params)
+            except ConfigError as e:  # before any job: one line, as a run's own errors (Hydra would print a trace)
+                _remove_unused_sweep_dir(Path(str(self.config.hydra.sweep.dir)))
+                sys.exit(f"error: {e}")
             sweep_dir = Path(str(self.config.hydra.sweep.dir))
             sweep_dir.mkdir(parents=True, exist_ok=True)
             if "mode" in self.config.hydra.sweep:
