@@ -31,6 +31,7 @@ from vit_exp.checks import (
 )
 from vit_exp.cli import CONF_DIR
 from vit_exp.errors import ConfigError
+from vit_exp.models import create_model
 
 
 @pytest.mark.parametrize(
@@ -49,6 +50,9 @@ from vit_exp.errors import ConfigError
         (["optim.lr=-1"], "optim.lr=-1 is not a number > 0; set e.g. optim.lr=1e-3"),
         (["optim.weight_decay=abc"], "optim.weight_decay=abc is not a number >= 0"),
         (["optim=sgd", "optim.momentum=1.5"], "optim.momentum=1.5 is not a number in [0, 1)"),
+        (["optim.betas=[0.9]"], "optim.betas=[0.9] is not two numbers in [0, 1); set e.g. optim.betas=[0.9,0.999]"),
+        (["optim.betas=[0.9,1.0]"], "optim.betas=[0.9,1.0] is not two numbers in [0, 1)"),
+        (["+optim.eps=0"], "optim.eps=0 is not a number > 0"),
         (["sched.warmup_steps=-5"], "sched.warmup_steps=-5 is not a whole number >= 0"),
         (["sched.decay=step"], "sched.decay=step is not one of cosine, linear, constant"),
         (["seed=abc"], "seed=abc is not a whole number"),
@@ -108,6 +112,19 @@ def test_what_lightnings_trainer_refuses_is_a_config_error_with_its_message(
         pytest.skip("DeepSpeed is installed here")
     with pytest.raises(ConfigError, match="^Lightning's Trainer refuses the trainer settings: .*" + re.escape(message)):
         run.train(tiny_cfg(override))
+
+
+@pytest.mark.filterwarnings("ignore:checkpoint head")
+def test_weights_that_are_no_checkpoint_or_of_another_model_say_so_in_one_line(tiny_cfg, tmp_path: Path) -> None:
+    text = tmp_path / "notes.pth"
+    text.write_text("not a checkpoint\n")
+    with pytest.raises(ConfigError, match=rf"^model.pretrained={text}: cannot read {text} as a torch checkpoint"):
+        run.train(tiny_cfg(f"model.pretrained={text}"))
+    other = tmp_path / "tiny.pth"
+    torch.save(create_model("vit_tiny_patch16_224", img_size=32, num_classes=10).state_dict(), other)
+    with pytest.raises(ConfigError, match=rf"^model.pretrained={other}: checkpoint {other} does not fit vit_test"):
+        run.train(tiny_cfg(f"model.pretrained={other}"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def _image_folder(root: Path, train: int, classes: int = 3, loose: bool = False) -> Path:

@@ -35,6 +35,10 @@ def _cli(*args: str, cwd: Path, script: str = "train.py") -> subprocess.Complete
         (["data=_base"], "_base is the shared base of the data options"),
         (["-m", "model=vit_base,vit_bse"], "did you mean model=vit_base?"),  # each choice of a sweep
         (["data=hf", "data.source.name_or_pth=x"], "did you mean data.source.name_or_path=x?"),  # the group's keys
+        (["data.trian_aug.x=1"], "data.trian_aug is not a key of data; did you mean data.train_aug.x=1?"),  # a node
+        (["mixup.mixup_alpha=0.8"], "mixup is null in this config (switched off), so mixup.mixup_alpha has nothing "
+         "to set; write +mixup.mixup_alpha=0.8 to add it (or give mixup whole, e.g. mixup='{mixup_alpha: ...}')"),
+        (["data.train_aug.random_erasing.prob=0.25"], "data.train_aug is null in this config (switched off)"),
     ],
 )
 def test_a_typo_gets_the_closest_real_name(argv: list[str], message: str) -> None:
@@ -52,6 +56,8 @@ def test_a_typo_gets_the_closest_real_name(argv: list[str], message: str) -> Non
         ["-m", "optim.lr=1e-3,3e-4", "model=vit_base,vit_large", "hydra/launcher=basic", "hydra.sweep.dir=x"],
         ["experiment=vit_b16_imagenet_finetune", "data.root=/d", "~mixup"],
         ["trainer=tpu", "trainer.precision=32-true"],  # trainer= is a group (an alias of hw=) and a node
+        ["+mixup.mixup_alpha=0.8", "+data.train_aug.random_erasing.prob=0.25"],  # + inside a null node: added
+        ["experiment=deit_small_imagenet", "data.root=/d", "data.train_aug.random_erasing.prob=0.5"],  # not null there
         ["--help", "optm=sgd"],  # --help prints help, whatever follows
     ],
 )

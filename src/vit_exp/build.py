@@ -84,14 +84,19 @@ def build_model(spec: ModelSpec, model_cfg: DictConfig) -> Any:
 
     pretrained, memory = model_cfg.get("pretrained"), bool(model_cfg.get("grad_checkpointing"))
     flexi = OmegaConf.to_container(model_cfg.flexi, resolve=True) if model_cfg.get("flexi") else None  # FlexiViT
-    if pretrained and Path(pretrained).is_dir():  # a sharded (FSDP) checkpoint of ours: not a published format
-        from vit_exp.checkpoints import load_weights
-        from vit_exp.models.spec import with_weights_file
+    try:
+        if pretrained and Path(pretrained).is_dir():  # a sharded (FSDP) checkpoint of ours: not a published format
+            from vit_exp.checkpoints import load_weights
+            from vit_exp.models.spec import with_weights_file
 
-        backbone = create_model(with_weights_file(spec, pretrained), grad_checkpointing=memory, flexi=flexi)
-        load_weights(backbone, pretrained)
-        return backbone
-    return create_model(spec, pretrained=pretrained, grad_checkpointing=memory, flexi=flexi)
+            backbone = create_model(with_weights_file(spec, pretrained), grad_checkpointing=memory, flexi=flexi)
+            load_weights(backbone, pretrained)
+            return backbone
+        return create_model(spec, pretrained=pretrained, grad_checkpointing=memory, flexi=flexi)
+    except ValueError as e:  # a file that is no checkpoint, or one of another architecture (the loaders say which)
+        if not pretrained:
+            raise
+        raise ConfigError(f"model.pretrained={pretrained}: {e}") from None
 
 
 def build_module(cfg: DictConfig, backbone: Any, datamodule: ViTDataModule, lr: float) -> ViTModule:

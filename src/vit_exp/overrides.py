@@ -130,11 +130,22 @@ def _check_key(o: Any, cfg: DictConfig, top_groups: list[str]) -> None:
             raise ConfigError(f"unknown config group {key} ({shown}){fix}")
         fix = f"; did you mean {'.'.join([match[0], *parts[1:]])}={value}?" if match else ""
         raise ConfigError(f"{key}: {parts[0]} is not a key or config group of this config ({shown}){fix}")
+    adds = o.is_add() or o.is_force_add()
     node: Any = cfg
-    for part in parts[:-1]:  # walk to the parent of the last key
-        child = node.get(part) if isinstance(node, DictConfig) and not OmegaConf.is_missing(node, part) else None
+    for i, part in enumerate(parts[:-1]):  # walk to the parent of the last key
+        if part not in node.keys():  # a node that is not there: misspelt, or (with +) a new one
+            if not adds:
+                _unknown_key(".".join(parts[: i + 1]), node, key, value)
+            return
+        child = None if OmegaConf.is_missing(node, part) else node.get(part)
+        if child is None and not adds and not OmegaConf.is_missing(node, part):
+            path = ".".join(parts[: i + 1])
+            raise ConfigError(
+                f"{path} is null in this config (switched off), so {key} has nothing to set; write +{key}={value} to "
+                f"add it (or give {path} whole, e.g. {path}='{{{parts[i + 1]}: ...}}')"
+            )
         if not isinstance(child, DictConfig):
-            return  # a list, a value or a null on the way: Hydra's own message is the right one
+            return  # a list, a value or ??? on the way: Hydra's own message is the right one
         node = child
     parent, last = ".".join(parts[:-1]), parts[-1]
     if last in node.keys() or o.is_delete() or o.is_force_add():
@@ -147,9 +158,17 @@ def _check_key(o: Any, cfg: DictConfig, top_groups: list[str]) -> None:
                 f"(++{key}={value} adds it anyway)"
             )
         return
+    _unknown_key(key, node, key, value)
+
+
+def _unknown_key(path: str, node: DictConfig, key: str, value: str) -> None:
+    """Raise for ``path``, a key that ``node`` (its parent) lacks, on the way to the override's ``key``: the
+    closest key of the parent, or its keys."""
+    parent, last = path.rsplit(".", 1)
+    rest = key[len(path) :]  # what follows the misspelt node in the override (nothing when it is the last key)
     match = difflib.get_close_matches(last, [str(k) for k in node], n=1, cutoff=CUTOFF)
-    fix = f"did you mean {parent}.{match[0]}={value}?" if match else f"its keys: {', '.join(map(str, node))}"
-    raise ConfigError(f"{key} is not a key of {parent}; {fix} (to add a new key, write +{key}={value})")
+    fix = f"did you mean {parent}.{match[0]}{rest}={value}?" if match else f"its keys: {', '.join(map(str, node))}"
+    raise ConfigError(f"{path} is not a key of {parent}; {fix} (to add a new key, write +{key}={value})")
 
 
 def _groups(loader: Any, parent: str = "") -> set[str]:

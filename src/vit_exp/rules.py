@@ -80,6 +80,9 @@ def _rules() -> tuple[Rule, ...]:
         Rule("data.decode", lambda v: v in DECODES, " or ".join(DECODES), "device"),
         Rule("optim.lr", lambda v: _number(v) and v > 0, "a number > 0", "1e-3"),
         Rule("optim.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0", "0.05"),
+        Rule("optim.betas", lambda v: isinstance(v, (list, tuple, ListConfig)) and len(v) == 2
+             and all(_number(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1)", "[0.9,0.999]"),
+        Rule("optim.eps", lambda v: _number(v) and v > 0, "a number > 0", "1e-8"),
         Rule("optim.momentum", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)", "0.9"),
         Rule("optim.layer_decay", lambda v: v is None or _number(v) and 0 < v <= 1, "a number in (0, 1] (or null)",
              "0.65"),
