@@ -53,6 +53,7 @@ from vit_exp.models import create_model
         (["optim.betas=[0.9]"], "optim.betas=[0.9] is not two numbers in [0, 1); set e.g. optim.betas=[0.9,0.999]"),
         (["optim.betas=[0.9,1.0]"], "optim.betas=[0.9,1.0] is not two numbers in [0, 1)"),
         (["+optim.eps=0"], "optim.eps=0 is not a number > 0"),
+        (["data.test_split=tset"], "data.test_split=tset is not one of train, val, test; set e.g. data.test_split=val"),
         (["sched.warmup_steps=-5"], "sched.warmup_steps=-5 is not a whole number >= 0"),
         (["sched.decay=step"], "sched.decay=step is not one of cosine, linear, constant"),
         (["seed=abc"], "seed=abc is not a whole number"),
@@ -71,6 +72,13 @@ def test_values_users_type_are_checked_with_the_key_the_value_and_the_fix(overri
     with pytest.raises(ConfigError) as error:
         validate(compose("train", overrides, Path("/tmp/unused")))
     assert message in str(error.value)
+
+
+def test_eval_checks_the_split_it_is_asked_for() -> None:
+    check_values(compose("eval", ["ckpt_path=x.ckpt", "split=val"], Path("/tmp/unused")))
+    check_values(compose("eval", ["ckpt_path=x.ckpt"], Path("/tmp/unused")))  # null: the data's test split
+    with pytest.raises(ConfigError, match=r"^split=foo is not one of train, val, test \(or null: data.test_split\)"):
+        check_values(compose("eval", ["ckpt_path=x.ckpt", "split=foo"], Path("/tmp/unused")))
 
 
 def test_the_shipped_defaults_pass_the_value_checks() -> None:

@@ -104,7 +104,7 @@ def list_images(images: str | Path | Sequence[str | Path]) -> list[Path]:
     """Image files of a folder (recursively, sorted), a file, or a list of either.
 
     Raises:
-        ConfigError: a path that does not exist, or no image found.
+        ConfigError: a path that does not exist, no image found, or a file that is no image.
     """
     from vit_exp.data.folder import IMG_EXTENSIONS
 
@@ -119,6 +119,13 @@ def list_images(images: str | Path | Sequence[str | Path]) -> list[Path]:
             raise ConfigError(f"images: {item} does not exist; pass a folder, an image file, or a list [a.jpg,b.png]")
     if not files:
         raise ConfigError(f"images: no image files ({', '.join(IMG_EXTENSIONS)}) in {', '.join(map(str, items))}")
+    from PIL import Image, UnidentifiedImageError
+
+    for path in files:  # each file's header (PIL opens lazily): no model is loaded for a list it cannot read
+        try:
+            Image.open(path).close()
+        except (UnidentifiedImageError, OSError) as e:
+            raise ConfigError(f"images: {path} is not an image PIL can read ({e}); pass image files only") from None
     return files
 
 

@@ -21,6 +21,7 @@ PRECISIONS = (
 UNSET = object()
 DISTILL_KINDS = ("soft", "hard")  # vit_exp.distill's losses (conf/distill)
 ACCELERATORS = ("cpu", "gpu", "cuda", "tpu", "mps", "auto")  # trainer.accelerator: Lightning's names
+SPLITS = ("train", "val", "test")  # eval.py split=, data.test_split: what a data source serves
 DECODES = ("host", "device")  # data.decode: where JPEGs are decoded (vit_exp.data.device_decode)
 WAIT_POLICIES = ("auto", "passive", "active")  # hw.omp_wait_policy (vit_exp.hw)
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # hw.matmul_precision: torch.set_float32_matmul_precision's
@@ -77,6 +78,9 @@ def _rules() -> tuple[Rule, ...]:
         Rule("data.eval_batch_size", lambda v: v is None or whole(v) and v >= 1, f"{count} (or null)", "256"),
         Rule("data.num_workers", lambda v: whole(v) and v >= 0, "a whole number >= 0", "4"),
         Rule("data.repeated_aug", lambda v: whole(v) and v >= 1, f"{count} (1: off)", "3"),
+        Rule("split", lambda v: v is None or v in SPLITS, f"one of {', '.join(SPLITS)} (or null: data.test_split)",
+             "val"),
+        Rule("data.test_split", lambda v: v in SPLITS, f"one of {', '.join(SPLITS)}", "val"),
         Rule("data.decode", lambda v: v in DECODES, " or ".join(DECODES), "device"),
         Rule("optim.lr", lambda v: _number(v) and v > 0, "a number > 0", "1e-3"),
         Rule("optim.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0", "0.05"),
@@ -116,6 +120,8 @@ def _rules() -> tuple[Rule, ...]:
         Rule("callbacks.ema.warmup_gamma", lambda v: _number(v) and v > 0, "a number > 0", "1.0"),
         Rule("callbacks.ema.warmup_power", lambda v: _number(v) and v > 0, "a number > 0", "0.75"),
         Rule("use_ema", lambda v: isinstance(v, bool), "true or false", "false"),
+        Rule("topk", lambda v: whole(v) and v >= 1, count, "5"),  # predict.py's
+        Rule("batch_size", lambda v: whole(v) and v >= 1, count, "32"),
         Rule("callbacks.preemption.check_every_n_steps", lambda v: v is None or whole(v) and v >= 1,
              f"{count} (or null: trainer.log_every_n_steps)", "10"),
         Rule("callbacks.nan_guard.action", lambda v: v in ("stop", "skip"), "stop or skip", "skip"),

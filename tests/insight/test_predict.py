@@ -124,6 +124,11 @@ def test_predict_says_what_is_missing(tiny_cfg, tmp_path: Path) -> None:
         predict.list_images(tmp_path)
     with pytest.raises(ConfigError, match="does not exist"):
         predict.list_images([tmp_path / "nope.jpg"])
+    (tmp_path / "notes.txt").write_text("not an image\n")  # given by name: no suffix filter, so its header is read
+    with pytest.raises(ConfigError, match=r"images: .*notes.txt is not an image PIL can read \(cannot identify"):
+        predict.list_images([tmp_path / "notes.txt"])
+    with pytest.raises(ConfigError, match=r"^topk=0 is not a whole number >= 1; set e.g. topk=5"):
+        predict.main(tiny_cfg(f"images={tmp_path}", "ckpt_path=x.ckpt", "topk=0", config_name="predict"))
     (tmp_path / "names.txt").write_text("a\nb\n")
     with pytest.raises(ConfigError, match="2 class names but the model has 10"):
         predict.resolve_class_names(10, file=tmp_path / "names.txt")
