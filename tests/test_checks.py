@@ -53,6 +53,10 @@ from vit_exp.models import create_model
         (["optim.betas=[0.9]"], "optim.betas=[0.9] is not two numbers in [0, 1); set e.g. optim.betas=[0.9,0.999]"),
         (["optim.betas=[0.9,1.0]"], "optim.betas=[0.9,1.0] is not two numbers in [0, 1)"),
         (["+optim.eps=0"], "optim.eps=0 is not a number > 0"),
+        (["data.crop_pct=1.5"], "data.crop_pct=1.5 is not a number in (0, 1] (or null: the model's)"),
+        (["data.interpolation=foo"], "data.interpolation=foo is not one of bicubic, bilinear, box, hamming, lanczos"),
+        (["data.mean=[0.5]"], "data.mean=[0.5] is not three numbers, one per channel (or null)"),
+        (["data.std=[0.5,0,0.5]"], "data.std=[0.5,0,0.5] is not three numbers > 0"),
         (["data.test_split=tset"], "data.test_split=tset is not one of train, val, test; set e.g. data.test_split=val"),
         (["sched.warmup_steps=-5"], "sched.warmup_steps=-5 is not a whole number >= 0"),
         (["sched.decay=step"], "sched.decay=step is not one of cosine, linear, constant"),
@@ -72,6 +76,13 @@ def test_values_users_type_are_checked_with_the_key_the_value_and_the_fix(overri
     with pytest.raises(ConfigError) as error:
         validate(compose("train", overrides, Path("/tmp/unused")))
     assert message in str(error.value)
+
+
+def test_the_interpolations_checked_are_those_the_transforms_take() -> None:
+    from vit_exp.data.transforms import INTERPOLATIONS
+    from vit_exp.rules import INTERPOLATIONS as CHECKED
+
+    assert CHECKED == tuple(sorted(INTERPOLATIONS))
 
 
 def test_eval_checks_the_split_it_is_asked_for() -> None:
@@ -156,6 +167,20 @@ def test_a_training_split_without_a_full_batch_stops_before_fit(tiny_cfg, tmp_pa
     with pytest.raises(ConfigError, match=r"15 training images on 1 rank < data.batch_size=64.*lower data.batch_size"):
         run.train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was fitted
+
+
+def test_shards_that_do_not_exist_stop_before_fit(tiny_cfg, tmp_path: Path) -> None:
+    """Before, the first missing file came up as a FileNotFoundError traceback from the shard index."""
+    shards = f"'{tmp_path}/shards/train-{{0000..0003}}.tar'"
+    cfg = tiny_cfg("data=jft", f"data.source.urls.train={shards}", f"data.source.urls.val={shards}",
+                   "data.source.samples_per_epoch.train=8", "data.num_classes=4", "data.batch_size=4")  # fmt: skip
+    with pytest.raises(ConfigError) as error:
+        run.train(cfg)
+    assert str(error.value) == (
+        f"data.source: 4 of the 4 shards of split 'train' do not exist, the first {tmp_path}/shards/train-0000.tar; "
+        "point urls.train at your shards (e.g. urls.train='/data/train-{000000..000127}.tar')"
+    )
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_the_batch_count_is_per_rank() -> None:

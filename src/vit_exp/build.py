@@ -47,6 +47,16 @@ def our_errors() -> Iterator[None]:
 
 
 @contextmanager
+def data_errors() -> Iterator[None]:
+    """What a data source refuses when it builds its splits (shards that do not exist, fewer shards than ranks, a
+    stream without ``samples_per_epoch.train``) as a ``ConfigError``: the user's data or its settings, before fit."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(f"data.source: {e}") from None
+
+
+@contextmanager
 def trainer_errors() -> Iterator[None]:
     """What Lightning's ``Trainer`` refuses in its arguments (an unknown accelerator or strategy, a strategy whose
     package is missing, a stray keyword) as a ``ConfigError`` with Lightning's own message, which names the

@@ -22,6 +22,8 @@ UNSET = object()
 DISTILL_KINDS = ("soft", "hard")  # vit_exp.distill's losses (conf/distill)
 ACCELERATORS = ("cpu", "gpu", "cuda", "tpu", "mps", "auto")  # trainer.accelerator: Lightning's names
 SPLITS = ("train", "val", "test")  # eval.py split=, data.test_split: what a data source serves
+# data.interpolation: PIL's filters (vit_exp.data.transforms.INTERPOLATIONS, which imports torchvision)
+INTERPOLATIONS = ("bicubic", "bilinear", "box", "hamming", "lanczos", "nearest")
 DECODES = ("host", "device")  # data.decode: where JPEGs are decoded (vit_exp.data.device_decode)
 WAIT_POLICIES = ("auto", "passive", "active")  # hw.omp_wait_policy (vit_exp.hw)
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # hw.matmul_precision: torch.set_float32_matmul_precision's
@@ -41,6 +43,10 @@ def _devices(v: Any) -> bool:
     if isinstance(v, str):
         return v == "auto" or v.strip() == "-1" or all(p.strip().isdigit() for p in v.split(",") if p.strip())
     return isinstance(v, (list, tuple, ListConfig)) and len(v) > 0 and all(whole(d) and d >= 0 for d in v)
+
+
+def _channels(v: Any) -> bool:
+    return isinstance(v, (list, tuple, ListConfig)) and len(v) == 3 and all(_number(x) for x in v)
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,14 @@ def _rules() -> tuple[Rule, ...]:
         Rule("split", lambda v: v is None or v in SPLITS, f"one of {', '.join(SPLITS)} (or null: data.test_split)",
              "val"),
         Rule("data.test_split", lambda v: v in SPLITS, f"one of {', '.join(SPLITS)}", "val"),
+        Rule("data.crop_pct", lambda v: v is None or _number(v) and 0 < v <= 1,
+             "a number in (0, 1] (or null: the model's)", "0.875"),
+        Rule("data.interpolation", lambda v: v is None or v in INTERPOLATIONS,
+             f"one of {', '.join(INTERPOLATIONS)} (or null: the model's)", "bicubic"),
+        Rule("data.mean", lambda v: v is None or _channels(v), "three numbers, one per channel (or null)",
+             "[0.5,0.5,0.5]"),
+        Rule("data.std", lambda v: v is None or _channels(v) and all(x > 0 for x in v),
+             "three numbers > 0, one per channel (or null)", "[0.5,0.5,0.5]"),
         Rule("data.decode", lambda v: v in DECODES, " or ".join(DECODES), "device"),
         Rule("optim.lr", lambda v: _number(v) and v > 0, "a number > 0", "1e-3"),
         Rule("optim.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0", "0.05"),

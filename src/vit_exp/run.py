@@ -12,7 +12,15 @@ import time
 
 from omegaconf import DictConfig, open_dict
 
-from vit_exp.build import batch_plan, build_module, build_trainer, prepare, restore_training_run, typed_keys
+from vit_exp.build import (
+    batch_plan,
+    build_module,
+    build_trainer,
+    data_errors,
+    prepare,
+    restore_training_run,
+    typed_keys,
+)
 from vit_exp.checkpoints import checkpoint_config
 from vit_exp.checks import check_trained, check_training_batches, check_val_interval
 from vit_exp.errors import ConfigError
@@ -45,7 +53,8 @@ def train(cfg: DictConfig) -> Results:
     trainer = build_trainer(cfg, [throughput])
     batch = batch_plan(cfg, trainer)
     log.info("%s", batch.describe())
-    datamodule.setup("fit")  # Lightning's own setup call then finds the splits built
+    with data_errors():
+        datamodule.setup("fit")  # Lightning's own setup call then finds the splits built
     images, ranks = _length(datamodule.datasets["train"]), batch.devices * batch.nodes
     check_training_batches(images, ranks, batch.per_device)
     check_val_interval(cfg.trainer, images, ranks, batch.per_device)
@@ -110,6 +119,8 @@ def evaluate(cfg: DictConfig) -> Results:
 
     module = ViTModule(backbone, num_classes=datamodule.num_classes, multi_label=datamodule.multi_label)
     trainer = build_trainer(cfg, [], with_config_callbacks=False)
+    with data_errors():
+        datamodule.setup("test")  # as in train: Lightning's own call finds the split built
     resume_gc()
     trainer.test(module, datamodule=datamodule, verbose=False)
     fewshot = None

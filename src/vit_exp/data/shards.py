@@ -331,6 +331,13 @@ class ShardSource:
         if split not in self.urls:
             raise ValueError(f"no shards for split {split!r}; add urls.{split} (this source has {sorted(self.urls)})")
         shards = expand_urls(self.urls[split])
+        # local files only: an http(s), gs:// or pipe: URL is opened (or not) when it is read
+        missing = [u for u in shards if "://" not in u and not u.startswith("pipe:") and not Path(u).exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} of the {len(shards)} shards of split {split!r} do not exist, the first {missing[0]}; "
+                f"point urls.{split} at your shards (e.g. urls.{split}='/data/{split}-{{000000..000127}}.tar')"
+            )
         total = self.samples_per_epoch.get(split)
         if split == "train" and self.resumable and total is not None:  # placed among the ranks later, by its loader
             return self._resumable(shards, transform, total)
