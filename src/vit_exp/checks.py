@@ -162,14 +162,14 @@ def check_hardware(trainer_cfg: DictConfig) -> None:
                 f"trainer.devices={shown(devices)} names GPU {max(ids)}, and the GPUs visible here are 0 to "
                 f"{found - 1}; name those (e.g. trainer.devices=[0]), or give a count (trainer.devices={found})"
             )
+    if accelerator == "cpu" and is_sharded(strategy):
+        raise HardwareError("Lightning runs FSDP on CUDA GPUs only; on the CPU use hw=ddp_sim (DDP over gloo)")
     if accelerator == "cpu" and not _cpu_count(devices):
         # Lightning's CPU accelerator takes a number of processes: -1 and device ids count or name GPUs
         raise HardwareError(
             f"trainer.devices={shown(devices)} on the CPU, which takes a number of processes, not -1 or device ids; "
             "set trainer.devices=1 (or auto), or e.g. hw=ddp_sim trainer.devices=2 for DDP over CPU processes"
         )
-    if accelerator == "cpu" and is_sharded(strategy):
-        raise HardwareError("Lightning runs FSDP on CUDA GPUs only; on the CPU use hw=ddp_sim (DDP over gloo)")
     nodes = trainer_cfg.get("num_nodes") or 1
     launched = "SLURM_NTASKS" in os.environ or {"MASTER_ADDR", "NODE_RANK"} <= set(os.environ)
     if nodes > 1 and not launched:
