@@ -137,15 +137,17 @@ def _check_key(o: Any, cfg: DictConfig, top_groups: list[str]) -> None:
             if not adds:
                 _unknown_key(".".join(parts[: i + 1]), node, key, value)
             return
-        child = None if OmegaConf.is_missing(node, part) else node.get(part)
-        if child is None and not adds and not OmegaConf.is_missing(node, part):
+        if OmegaConf.is_missing(node, part):
+            return  # ??? on the way: Hydra's own message is the right one
+        child = node.get(part)
+        if child is None and not adds:
             path = ".".join(parts[: i + 1])
             raise ConfigError(
                 f"{path} is null in this config (switched off), so {key} has nothing to set; write +{key}={value} to "
                 f"add it (or give {path} whole, e.g. {path}='{{{parts[i + 1]}: ...}}')"
             )
         if not isinstance(child, DictConfig):
-            return  # a list, a value or ??? on the way: Hydra's own message is the right one
+            return  # a list, a value, or a null that + fills: Hydra's own message is the right one
         node = child
     parent, last = ".".join(parts[:-1]), parts[-1]
     if last in node.keys() or o.is_delete() or o.is_force_add():

@@ -22,8 +22,7 @@ UNSET = object()
 DISTILL_KINDS = ("soft", "hard")  # vit_exp.distill's losses (conf/distill)
 ACCELERATORS = ("cpu", "gpu", "cuda", "tpu", "mps", "auto")  # trainer.accelerator: Lightning's names
 SPLITS = ("train", "val", "test")  # eval.py split=, data.test_split: what a data source serves
-# data.interpolation: PIL's filters (vit_exp.data.transforms.INTERPOLATIONS, which imports torchvision)
-INTERPOLATIONS = ("bicubic", "bilinear", "box", "hamming", "lanczos", "nearest")
+INTERPOLATIONS = ("bicubic", "bilinear", "box", "hamming", "lanczos", "nearest")  # data.interpolation: PIL's filters
 DECODES = ("host", "device")  # data.decode: where JPEGs are decoded (vit_exp.data.device_decode)
 WAIT_POLICIES = ("auto", "passive", "active")  # hw.omp_wait_policy (vit_exp.hw)
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # hw.matmul_precision: torch.set_float32_matmul_precision's
@@ -45,8 +44,8 @@ def _devices(v: Any) -> bool:
     return isinstance(v, (list, tuple, ListConfig)) and len(v) > 0 and all(whole(d) and d >= 0 for d in v)
 
 
-def _channels(v: Any) -> bool:
-    return isinstance(v, (list, tuple, ListConfig)) and len(v) == 3 and all(_number(x) for x in v)
+def _numbers(v: Any, n: int) -> bool:
+    return isinstance(v, (list, tuple, ListConfig)) and len(v) == n and all(_number(x) for x in v)
 
 
 @dataclass(frozen=True)
@@ -91,15 +90,15 @@ def _rules() -> tuple[Rule, ...]:
              "a number in (0, 1] (or null: the model's)", "0.875"),
         Rule("data.interpolation", lambda v: v is None or v in INTERPOLATIONS,
              f"one of {', '.join(INTERPOLATIONS)} (or null: the model's)", "bicubic"),
-        Rule("data.mean", lambda v: v is None or _channels(v), "three numbers, one per channel (or null)",
+        Rule("data.mean", lambda v: v is None or _numbers(v, 3), "three numbers, one per channel (or null)",
              "[0.5,0.5,0.5]"),
-        Rule("data.std", lambda v: v is None or _channels(v) and all(x > 0 for x in v),
+        Rule("data.std", lambda v: v is None or _numbers(v, 3) and all(x > 0 for x in v),
              "three numbers > 0, one per channel (or null)", "[0.5,0.5,0.5]"),
         Rule("data.decode", lambda v: v in DECODES, " or ".join(DECODES), "device"),
         Rule("optim.lr", lambda v: _number(v) and v > 0, "a number > 0", "1e-3"),
         Rule("optim.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0", "0.05"),
-        Rule("optim.betas", lambda v: isinstance(v, (list, tuple, ListConfig)) and len(v) == 2
-             and all(_number(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1)", "[0.9,0.999]"),
+        Rule("optim.betas", lambda v: _numbers(v, 2) and all(0 <= b < 1 for b in v), "two numbers in [0, 1)",
+             "[0.9,0.999]"),
         Rule("optim.eps", lambda v: _number(v) and v > 0, "a number > 0", "1e-8"),
         Rule("optim.momentum", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)", "0.9"),
         Rule("optim.layer_decay", lambda v: v is None or _number(v) and 0 < v <= 1, "a number in (0, 1] (or null)",

@@ -131,12 +131,12 @@ if submitit_launcher is not None:
 
             from vit_exp.errors import ConfigError
 
+            sweep_dir = Path(str(self.config.hydra.sweep.dir))
             try:
                 executor = make_executor(self._EXECUTOR, self.params)
             except ConfigError as e:  # before any job: one line, as a run's own errors (Hydra would print a trace)
-                _remove_unused_sweep_dir(Path(str(self.config.hydra.sweep.dir)))
+                _remove_unused_sweep_dir(sweep_dir)
                 sys.exit(f"error: {e}")
-            sweep_dir = Path(str(self.config.hydra.sweep.dir))
             sweep_dir.mkdir(parents=True, exist_ok=True)
             if "mode" in self.config.hydra.sweep:
                 os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))

@@ -16,11 +16,9 @@ from vit_exp.data.order import RepeatedAugSampler, ResumableStream, rank_and_wor
 from vit_exp.data.transforms import Transform, build_eval_transform, build_train_transform, normalize
 from vit_exp.errors import ConfigError
 from vit_exp.hw import usable_cpus
-from vit_exp.rules import DECODES
+from vit_exp.rules import DECODES, SPLITS
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "val", "test")
 
 
 class Source(Protocol):

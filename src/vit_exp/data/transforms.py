@@ -26,16 +26,12 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 from torchvision.transforms.v2 import functional as F2
 
+from vit_exp.rules import INTERPOLATIONS as FILTERS
+
 Transform = Callable[[Image.Image], torch.Tensor]
 
-INTERPOLATIONS = {
-    "nearest": InterpolationMode.NEAREST,
-    "bilinear": InterpolationMode.BILINEAR,
-    "bicubic": InterpolationMode.BICUBIC,
-    "lanczos": InterpolationMode.LANCZOS,
-    "box": InterpolationMode.BOX,
-    "hamming": InterpolationMode.HAMMING,
-}
+# PIL's filters by the names data.interpolation takes (vit_exp.rules checks them without importing torchvision)
+INTERPOLATIONS = {name: InterpolationMode[name.upper()] for name in FILTERS}
 
 
 def open_image(src: str | Path | bytes | BinaryIO) -> Image.Image:
