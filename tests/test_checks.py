@@ -183,6 +183,33 @@ def test_shards_that_do_not_exist_stop_before_fit(tiny_cfg, tmp_path: Path) -> N
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_the_trainer_the_splits_and_the_batches_are_checked_before_a_model_is_built(
+    tiny_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large pretrained backbone takes seconds to build and load: what the Trainer or the data refuse stops the
+    run first, in train.py and in eval.py."""
+    built: list[str] = []
+    monkeypatch.setattr(run, "build_model", lambda spec, model_cfg: built.append(spec.arch))
+    shards = f"'{tmp_path}/shards/train-{{0000..0003}}.tar'"
+    few = _image_folder(tmp_path / "data", train=15)
+    for cfg in (
+        tiny_cfg("trainer.strategy=dpp"),
+        tiny_cfg("data=jft", f"data.source.urls.train={shards}", f"data.source.urls.val={shards}",
+                 "data.source.samples_per_epoch.train=8", "data.num_classes=4", "data.batch_size=4"),
+        _folder_cfg(tiny_cfg, few, "data.batch_size=64"),
+        _folder_cfg(tiny_cfg, few, "data.batch_size=4", "++trainer.val_check_interval=4"),
+    ):  # fmt: skip
+        with pytest.raises(ConfigError):
+            run.train(cfg)
+    weights = tmp_path / "vit_test.pth"
+    torch.save(create_model("vit_test", num_classes=4).state_dict(), weights)
+    cfg = tiny_cfg("data=jft", f"data.source.urls.test={shards}", "data.num_classes=4", f"model.pretrained={weights}",
+                   config_name="eval")  # fmt: skip
+    with pytest.raises(ConfigError, match="^data.source: 4 of the 4 shards of split 'test' do not exist"):
+        run.evaluate(cfg)
+    assert built == []
+
+
 def test_the_batch_count_is_per_rank() -> None:
     check_training_batches(64, ranks=1, batch_size=64)
     check_training_batches(None, ranks=8, batch_size=64)  # a stream: its length is unknown
@@ -226,12 +253,21 @@ def _shm_of(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
     monkeypatch.setattr("shutil.disk_usage", lambda path: shutil._ntuple_diskusage(size, 0, size))
 
 
-def test_a_nodes_processes_are_counted_from_trainer_devices() -> None:
-    """Each process has its own loader workers, whose batches share the node's /dev/shm."""
-    from vit_exp.build import _processes
+def test_trainer_devices_is_read_as_lightning_reads_it() -> None:
+    """One reading of trainer.devices for the rule, the hardware check and the processes per node (whose loader
+    workers share the node's /dev/shm); Lightning's own parser of the string forms is the oracle."""
+    from lightning.fabric.utilities.device_parser import _normalize_parse_gpu_string_input as lightnings
 
+    from vit_exp.rules import Devices, read_devices
+
+    for text in ("0,1", "3,", "1, 2", "-1", "2", " 2 "):
+        parsed, ours = lightnings(text), read_devices(text)
+        assert ours == (Devices(ids=tuple(parsed)) if isinstance(parsed, list) else read_devices(parsed)), text
     devices = [1, 2, "2", "auto", -1, "0,1", "3,", OmegaConf.create([0, 1, 2])]
-    assert [_processes(d) for d in devices] == [1, 2, 2, 1, 1, 2, 1, 3]  # auto and -1: a floor
+    assert [read_devices(d).processes for d in devices] == [1, 2, 2, 1, 1, 2, 1, 3]  # auto and -1: a floor
+    assert read_devices(-1) == Devices(every=True) and read_devices("auto") == Devices(auto=True)
+    for refused in (0, "0", -2, "", " ", "two", "1,a", [], [-1], [0.5], True, 1.0, None):
+        assert read_devices(refused) is None, refused
 
 
 def test_batches_in_flight_must_fit_in_shared_memory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

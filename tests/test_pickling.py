@@ -9,13 +9,14 @@ from pathlib import Path
 from hydra.utils import instantiate
 
 from tests.conftest import compose
-from vit_exp.build import build_module, prepare
+from vit_exp.build import build_model, build_module, prepare
 
 
 def test_the_parts_of_a_default_run_pickle(tmp_path: Path) -> None:
     cfg = compose("train", [], tmp_path / "run")
-    spec, datamodule, backbone = prepare(cfg)
+    spec, datamodule = prepare(cfg)
     datamodule.setup("fit")
+    backbone = build_model(spec, cfg.model)
     module = build_module(cfg, backbone, datamodule, lr=cfg.optim.lr)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     for part in (datamodule, module, *callbacks):

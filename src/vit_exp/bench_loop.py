@@ -95,7 +95,7 @@ def ours_step_times(cfg: DictConfig) -> list[float]:
     """Fit ``cfg`` through ``train.py``'s builders; the clock at the end of every training batch."""
     import lightning.pytorch as pl
 
-    from vit_exp.build import batch_plan, build_module, build_trainer, prepare
+    from vit_exp.build import batch_plan, build_model, build_module, build_trainer, prepare
 
     times: list[float] = []
 
@@ -103,7 +103,8 @@ def ours_step_times(cfg: DictConfig) -> list[float]:
         def on_train_batch_end(self, *args: Any) -> None:
             times.append(time.perf_counter())
 
-    _, datamodule, backbone = prepare(cfg)
+    spec, datamodule = prepare(cfg)
+    backbone = build_model(spec, cfg.model)
     trainer = build_trainer(cfg, [StepClock()])
     module = build_module(cfg, backbone, datamodule, lr=batch_plan(cfg, trainer).lr)
     trainer.fit(module, datamodule=datamodule)

@@ -248,29 +248,21 @@ def describe(cfg: DictConfig, name: str) -> str:
     )
 
 
-def _processes(devices: Any) -> int:
-    """The processes one node runs for ``trainer.devices``, each with its own loader workers (1 when "auto" or
-    -1: a floor)."""
-    from vit_exp.checks import device_ids
-
-    if isinstance(devices, int) or (isinstance(devices, str) and devices.isdigit()):
-        return max(int(devices), 1)
-    return len(device_ids(devices)) or 1
-
-
-def prepare(cfg: DictConfig) -> tuple[ModelSpec, ViTDataModule, Any]:
+def prepare(cfg: DictConfig) -> tuple[ModelSpec, ViTDataModule]:
     """Validate, check the hardware, seed; then build the data module (its loaders' batches must fit in shared
-    memory) and the backbone.
+    memory). The backbone comes later (``build_model``), once the Trainer and the data's splits are built: what
+    they refuse stops the run before a model (perhaps a large pretrained one) is made.
 
     Returns:
-        (the model's ``ModelSpec``, the data module, the backbone).
+        (the model's ``ModelSpec``, with the data's class count where the config leaves it null; the data module).
     """
     from vit_exp.checks import check_hardware, check_shared_memory, resolve_model, validate
     from vit_exp.hw import apply_matmul_precision, apply_threads
+    from vit_exp.rules import read_devices
 
     spec = validate(cfg)
-    log.info("config is valid: %s", describe(cfg, spec.arch))
     check_hardware(cfg.trainer)
+    log.info("config is valid: %s", describe(cfg, spec.arch))
     apply_threads(cfg.get("hw"))
     apply_matmul_precision(cfg.get("hw"), str(cfg.trainer.accelerator))
     tidy_console()
@@ -281,8 +273,8 @@ def prepare(cfg: DictConfig) -> tuple[ModelSpec, ViTDataModule, Any]:
     if datamodule.device_decode is None:  # device decoding hands over file bytes: their size is the files'
         sizes = {"data.batch_size": datamodule.batch_size, "data.eval_batch_size": datamodule.eval_batch_size}
         key = max(sizes, key=sizes.__getitem__)  # the larger one: data.batch_size where they are equal
-        processes = _processes(cfg.trainer.devices)
+        processes = read_devices(cfg.trainer.devices).processes  # valid: validate() read it
         check_shared_memory(datamodule.num_workers, sizes[key], datamodule.img_size, processes, key)
     if spec.num_classes != datamodule.num_classes:  # a config that leaves the head's size to the data (null)
         spec = resolve_model(cfg.model, num_classes=datamodule.num_classes)
-    return spec, datamodule, build_model(spec, cfg.model)
+    return spec, datamodule

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vit_exp.errors import ConfigError, HardwareError
 from vit_exp.hw import LOADER_PREFETCH, SHM, batches_in_shm, shm_size, shm_workers
-from vit_exp.rules import UNSET, check_values, is_sharded, shown, whole
+from vit_exp.rules import UNSET, Devices, check_values, is_sharded, read_devices, shown, whole
 
 if TYPE_CHECKING:
     from vit_exp.models import ModelSpec
@@ -144,6 +144,7 @@ def check_hardware(trainer_cfg: DictConfig) -> None:
     """
     accelerator, strategy = trainer_cfg.get("accelerator"), trainer_cfg.get("strategy")
     devices = trainer_cfg.get("devices")
+    asked = read_devices(devices) or Devices()  # a form Lightning does not take: refused by validate() first
     if accelerator == "tpu" or strategy in ("xla", "single_xla"):
         _check_xla(trainer_cfg)
     if accelerator in ("gpu", "cuda"):
@@ -151,20 +152,20 @@ def check_hardware(trainer_cfg: DictConfig) -> None:
 
         if not torch.cuda.is_available():
             raise HardwareError("this hardware profile needs a CUDA GPU and none is visible here; use hw=cpu")
-        found, ids = torch.cuda.device_count(), device_ids(devices)
-        if whole(devices) and devices > found:
+        found = torch.cuda.device_count()
+        if asked.count and asked.count > found:
             raise HardwareError(
                 f"trainer.devices={devices} GPUs asked for, {found} visible here; set trainer.devices={found} "
                 "(or -1: every visible GPU)"
             )
-        if ids and max(ids) >= found:
+        if asked.ids and max(asked.ids) >= found:
             raise HardwareError(
-                f"trainer.devices={shown(devices)} names GPU {max(ids)}, and the GPUs visible here are 0 to "
+                f"trainer.devices={shown(devices)} names GPU {max(asked.ids)}, and the GPUs visible here are 0 to "
                 f"{found - 1}; name those (e.g. trainer.devices=[0]), or give a count (trainer.devices={found})"
             )
     if accelerator == "cpu" and is_sharded(strategy):
         raise HardwareError("Lightning runs FSDP on CUDA GPUs only; on the CPU use hw=ddp_sim (DDP over gloo)")
-    if accelerator == "cpu" and not _cpu_count(devices):
+    if accelerator == "cpu" and not (asked.count or asked.auto):
         # Lightning's CPU accelerator takes a number of processes: -1 and device ids count or name GPUs
         raise HardwareError(
             f"trainer.devices={shown(devices)} on the CPU, which takes a number of processes, not -1 or device ids; "
@@ -178,21 +179,6 @@ def check_hardware(trainer_cfg: DictConfig) -> None:
             "is here (no SLURM_NTASKS, no MASTER_ADDR/NODE_RANK): run under SLURM with "
             "`srun python train.py hw=multinode ...`, or `torchrun --nnodes=N ... train.py hw=ddp trainer.num_nodes=N`"
         )
-
-
-def device_ids(devices: Any) -> list[int]:
-    """The device ids that ``trainer.devices`` names (a list, or a string with a comma: ``"0,1"``, ``"3,"``), as
-    Lightning reads it; none for a count (``2``, ``"2"``, ``-1``, ``auto``)."""
-    if isinstance(devices, str):
-        return [int(p) for p in devices.split(",") if p.strip().isdigit()] if "," in devices else []
-    return [int(d) for d in devices] if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)) else []
-
-
-def _cpu_count(devices: Any) -> bool:
-    """``trainer.devices`` is what Lightning's CPU accelerator takes: a number of processes >= 1, or auto."""
-    if isinstance(devices, str):
-        return devices == "auto" or devices.strip().isdigit() and int(devices) >= 1
-    return whole(devices) and devices >= 1
 
 
 def _check_xla(trainer_cfg: DictConfig) -> None:
@@ -215,15 +201,16 @@ def _check_xla(trainer_cfg: DictConfig) -> None:
     if not XLAAccelerator.is_available():
         raise HardwareError(
             "hw=tpu runs on torch_xla and needs TPU devices; this machine has none. "
-            "The config above is valid: run the same command on a TPU VM, or choose hw=gpu or hw=cpu"
+            "The rest of the config is valid: run the same command on a TPU VM, or choose hw=gpu or hw=cpu"
         )
     found, devices = XLAAccelerator.auto_device_count(), trainer_cfg.get("devices")
-    if whole(devices) and devices not in (1, found):
+    count = (read_devices(devices) or Devices()).count
+    if count is not None and count not in (1, found):
         raise HardwareError(
             f"trainer.devices={devices}: XLA runs on one device or on all {found} of this host; set "
             f"trainer.devices={found} (or trainer.devices=1)"
         )
-    if trainer_cfg.get("strategy") == "xla" and devices == 1:
+    if trainer_cfg.get("strategy") == "xla" and count == 1:
         raise HardwareError(
             "trainer.strategy=xla with trainer.devices=1: Lightning's XLAStrategy needs several devices; set "
             "trainer.strategy=auto (SingleDeviceXLAStrategy on one device, XLAStrategy on several)"

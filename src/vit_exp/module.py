@@ -123,7 +123,10 @@ class ViTModule(pl.LightningModule):
             metrics.update({f"{stage}_top{k}": self._top_k_metric(k) for k in TOP_K})
             if multi_label:  # mean average precision over classes; binned so memory stays flat at 20k classes
                 metrics[f"{stage}_mAP"] = MultilabelAveragePrecision(num_classes, average="macro", thresholds=100)
+        # the count of a stream's test split, whose length is unknown (a count from the host: no NaN check, no sync)
+        metrics["test_images"] = torchmetrics.SumMetric(nan_strategy="disable")
         self.metrics = nn.ModuleDict(metrics)
+        self.tested_images: int | None = None  # after a test: the images it read, over all ranks
 
     def _top_k_metric(self, k: int) -> torchmetrics.Metric:
         k = min(k, self.hparams.num_classes)
@@ -195,7 +198,13 @@ class ViTModule(pl.LightningModule):
         return self._eval_step(batch, "val")
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        self.metrics["test_images"].update(float(len(batch[1])))  # a host number: no read back from the device
         return self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        count = self.metrics["test_images"]
+        self.tested_images = int(count.compute()) if count.update_count else 0  # compute() sums over the ranks
+        count.reset()
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:

@@ -83,8 +83,8 @@ def report(
     them. ``start``: the run's ``time.perf_counter()`` at its start; ``extra``: further ``Results`` fields."""
     try:
         images = len(datamodule.datasets[datamodule.test_split])
-    except (TypeError, KeyError):  # a stream of unknown length
-        images = None
+    except (TypeError, KeyError):  # a stream of unknown length: the images the test read
+        images = getattr(trainer.lightning_module, "tested_images", None)
     results = Results(
         model=model,
         data=datamodule.name,

@@ -36,12 +36,41 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _devices(v: Any) -> bool:
-    if whole(v):
-        return v >= 1 or v == -1
+@dataclass(frozen=True)
+class Devices:
+    """``trainer.devices`` as Lightning reads it: a count (``2``, ``"2"``), every device (``-1``), ``auto``, or
+    device ids (``[0, 1]``, ``"0,1"``, ``"3,"``)."""
+
+    count: int | None = None
+    ids: tuple[int, ...] = ()
+    every: bool = False
+    auto: bool = False
+
+    @property
+    def processes(self) -> int:
+        """The processes one node runs, each with its own loader workers (1 for auto or -1: a floor)."""
+        return self.count or len(self.ids) or 1
+
+
+def read_devices(v: Any) -> Devices | None:
+    """``trainer.devices`` read as Lightning reads it (its ``_parse_devices``); None for a form it does not take."""
     if isinstance(v, str):
-        return v == "auto" or v.strip() == "-1" or all(p.strip().isdigit() for p in v.split(",") if p.strip())
-    return isinstance(v, (list, tuple, ListConfig)) and len(v) > 0 and all(whole(d) and d >= 0 for d in v)
+        v = v.strip()
+        if v in ("auto", "-1"):
+            return Devices(auto=v == "auto", every=v == "-1")
+        if "," in v:
+            parts = [p.strip() for p in v.split(",") if p.strip()]
+            return Devices(ids=tuple(map(int, parts))) if parts and all(p.isdigit() for p in parts) else None
+        return Devices(count=int(v)) if v.isdigit() and int(v) >= 1 else None
+    if whole(v):
+        return Devices(count=v) if v >= 1 else Devices(every=True) if v == -1 else None
+    if isinstance(v, (list, tuple, ListConfig)) and len(v) > 0 and all(whole(d) and d >= 0 for d in v):
+        return Devices(ids=tuple(v))
+    return None
+
+
+def _devices(v: Any) -> bool:
+    return read_devices(v) is not None
 
 
 def _numbers(v: Any, n: int) -> bool:

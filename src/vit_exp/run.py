@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import time
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vit_exp.build import (
     batch_plan,
+    build_model,
     build_module,
     build_trainer,
     data_errors,
@@ -37,7 +38,7 @@ def train(cfg: DictConfig) -> Results:
             run ends without a single optimizer step.
     """
     start = time.perf_counter()
-    spec, datamodule, backbone = prepare(cfg)
+    spec, datamodule = prepare(cfg)
     import copy
 
     from lightning.pytorch.strategies import FSDPStrategy
@@ -58,6 +59,7 @@ def train(cfg: DictConfig) -> Results:
     images, ranks = _length(datamodule.datasets["train"]), batch.devices * batch.nodes
     check_training_batches(images, ranks, batch.per_device)
     check_val_interval(cfg.trainer, images, ranks, batch.per_device)
+    backbone = build_model(spec, cfg.model)  # past every check: the Trainer and the splits are built
     module = build_module(cfg, backbone, datamodule, lr=batch.lr)
     # FSDP leaves the module's parameters as views into its shards after fit; the test wraps the module again and
     # loads the best (sharded) checkpoint into it, which needs the module as it was before fit.
@@ -107,9 +109,17 @@ def evaluate(cfg: DictConfig) -> Results:
     with open_dict(cfg):
         if cfg.get("split"):
             cfg.data.test_split = cfg.split
+        # a stream's training length (data=jft's samples_per_epoch.train=???) is not asked for where nothing trains
+        counts = OmegaConf.select(cfg, "data.source.samples_per_epoch")
+        if isinstance(counts, DictConfig) and OmegaConf.is_missing(counts, "train") and not _fewshot(cfg):
+            counts.train = None
     if cfg.get("ckpt_path"):
         restore_training_run(cfg, checkpoint_config(cfg.ckpt_path), typed_keys())
-    spec, datamodule, backbone = prepare(cfg)
+    spec, datamodule = prepare(cfg)
+    trainer = build_trainer(cfg, [], with_config_callbacks=False)
+    with data_errors():
+        datamodule.setup("test")  # as in train: Lightning's own call finds the split built
+    backbone = build_model(spec, cfg.model)  # past every check, as in train
     if cfg.get("ckpt_path"):
         from vit_exp.checkpoints import load_weights
 
@@ -118,13 +128,10 @@ def evaluate(cfg: DictConfig) -> Results:
     from vit_exp.module import ViTModule
 
     module = ViTModule(backbone, num_classes=datamodule.num_classes, multi_label=datamodule.multi_label)
-    trainer = build_trainer(cfg, [], with_config_callbacks=False)
-    with data_errors():
-        datamodule.setup("test")  # as in train: Lightning's own call finds the split built
     resume_gc()
     trainer.test(module, datamodule=datamodule, verbose=False)
     fewshot = None
-    if (cfg.get("fewshot") or {}).get("shots"):
+    if _fewshot(cfg):
         from vit_exp.fewshot_eval import fewshot_eval
 
         device = trainer.strategy.root_device
@@ -148,6 +155,11 @@ def evaluate(cfg: DictConfig) -> Results:
         published_top5=weights and weights.top5,
         fewshot=fewshot,
     )
+
+
+def _fewshot(cfg: DictConfig) -> bool:
+    """Few-shot evaluation is asked for (``fewshot.shots=[...]``): it draws images from a training split."""
+    return bool((cfg.get("fewshot") or {}).get("shots"))
 
 
 def _rounded(value: float | None, digits: int) -> float | None:

@@ -10,6 +10,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 
 from vit_exp.data.shards import ShardSource, expand_urls, multi_hot, parse_label
+from vit_exp.errors import ConfigError
 
 pa = pytest.importorskip("pyarrow")  # a dependency, yet a bare image may lack it: skip there, not a collection error
 pq = pytest.importorskip("pyarrow.parquet")
@@ -223,6 +224,25 @@ def test_jft_config_trains_multi_label_on_tar_shards(write_tar_shards, data_modu
     images, targets = batches[0]
     assert images.shape == (2, 3, 16, 16) and targets.shape == (2, 3) and targets.dtype == torch.float32
     assert sorted(t.tolist() for _, ts in batches for t in ts) == [[0, 0, 1], [0, 1, 0], [1, 0, 1], [1, 1, 0]]
+
+
+def test_eval_reads_a_stream_without_its_training_length(write_tar_shards, tmp_path):
+    """data=jft leaves samples_per_epoch.train=??? to the user; eval.py reads the test split only and does not
+    ask for it (it stopped with "this config needs values you have not given")."""
+    from tests.conftest import TINY, compose
+    from vit_exp import run
+    from vit_exp.models import create_model
+
+    urls = write_tar_shards([[[0, 2], [1]], [[2], [0, 1]]], field="json")
+    weights = tmp_path / "vit_test.pth"
+    torch.save(create_model("vit_test", num_classes=3).state_dict(), weights)
+    overrides = [*TINY, "data=jft", f"data.source.urls.test='{urls}'", "data.num_classes=3", "data.batch_size=2",
+                 "data.num_workers=0", f"model.pretrained={weights}"]  # fmt: skip
+    results = run.evaluate(compose("eval", overrides, tmp_path / "eval"))
+    assert results.images == 4 and (tmp_path / "eval" / "results.json").is_file()
+    with pytest.raises(ConfigError, match=r"samples_per_epoch.train=\.\.\."):  # training still asks for it
+        run.train(compose("train", [*TINY, "data=jft", f"data.source.urls.train='{urls}'", "data.num_classes=3"],
+                          tmp_path / "train"))  # fmt: skip
 
 
 def test_a_stream_set_up_before_the_process_group_is_built_again_for_its_rank(

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-SPLITS = ("train", "val", "test")
+from vit_exp.rules import SPLITS
 
 
 class ImageListDataset(Dataset):
