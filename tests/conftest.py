@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.pop("WANDB_API_KEY", None)
+os.environ.pop("HYDRA_FULL_ERROR", None)  # the tests read one-line errors; a developer's =1 makes them tracebacks
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"

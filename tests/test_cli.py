@@ -3,6 +3,7 @@ a run that fails validation leaves no run directory; a user's own config folder 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +16,9 @@ from vit_exp.errors import ConfigError
 from vit_exp.overrides import check_overrides
 
 
-def _cli(*args: str, cwd: Path, script: str = "train.py") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
-    )
+def _cli(*args: str, cwd: Path, script: str = "train.py", **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, check=False, env={**os.environ, **env})  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -136,6 +136,20 @@ def test_a_run_that_fails_its_checks_leaves_nothing_under_outputs(tmp_path: Path
     """The default ``outputs/DATE/TIME`` goes, and so does ``outputs/DATE`` when nothing else is in it."""
     out = _cli("optim.lr=-1", cwd=tmp_path)
     assert out.returncode == 1 and out.stderr.strip().splitlines()[-1].startswith("error: optim.lr=-1")
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").iterdir())
+
+
+def test_hydra_full_error_shows_the_whole_traceback_of_a_user_error(tmp_path: Path) -> None:
+    """HYDRA_FULL_ERROR=1, Hydra's switch, also shows where a one-line error was made from: here the exception of
+    Lightning's Trainer that the message quotes, so a bug behind a message is not hidden."""
+    one_line = _cli("model=vit_test", "trainer.strategy=dpp", cwd=tmp_path)
+    whole = _cli("model=vit_test", "trainer.strategy=dpp", cwd=tmp_path, HYDRA_FULL_ERROR="1")
+    message = "Lightning's Trainer refuses the trainer settings: You selected an invalid strategy name"
+    assert one_line.returncode == 1 and one_line.stderr.strip().splitlines()[-1].startswith(f"error: {message}")
+    assert "Traceback" not in one_line.stderr
+    assert whole.returncode == 1 and f"vit_exp.errors.ConfigError: {message}" in whole.stderr
+    assert "ValueError: You selected an invalid strategy name" in whole.stderr  # Lightning's, and where it came from
+    assert "During handling of the above exception" in whole.stderr
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").iterdir())
 
 

@@ -12,6 +12,7 @@ without the interpreter's teardown (``end_process``).
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -39,7 +40,8 @@ def model_name(model: DictConfig) -> str:
 
 def _run(task: str, cfg: DictConfig, module: str = "run") -> Any:
     """``vit_exp.<module>.<task>(cfg)``; a config or hardware error or a diverged loss ends the process with its
-    message, no traceback (in a sweep: the job fails and the sweep goes on)."""
+    message, no traceback (in a sweep: the job fails and the sweep goes on; with ``HYDRA_FULL_ERROR=1``, the whole
+    traceback)."""
     import importlib
 
     from vit_exp.errors import USER_ERRORS
@@ -52,6 +54,9 @@ def _run(task: str, cfg: DictConfig, module: str = "run") -> Any:
         if _in_sweep():
             raise  # Hydra records the job as failed and the sweep goes on (sys.exit would end the sweep)
         _remove_unused_run_dir()
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # Hydra's switch for whole tracebacks: ours come whole too,
+            e.__suppress_context__ = False  # with the exception a message was made from (`raise ... from None`)
+            raise
         sys.exit(f"error: {e}")
 
 
@@ -127,7 +132,6 @@ def end_process(code: int) -> NoReturn:
     (README), while nothing is written any more.
     """
     import atexit
-    import os
     import threading
 
     threading._shutdown()  # (private, in every Python since 3.4: what the interpreter itself calls first)

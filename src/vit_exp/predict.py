@@ -174,9 +174,19 @@ class Predictor:
         out = []
         with torch.inference_mode():
             for i in range(0, len(images), batch_size):
-                x = torch.stack([self.transform(img) for img in images[i : i + batch_size]]).to(device)
+                x = torch.stack([self._pixels(img) for img in images[i : i + batch_size]]).to(device)
                 out.append(self.model(normalize(x, self.mean, self.std)).float().softmax(dim=-1).cpu())
         return torch.cat(out)
+
+    def _pixels(self, image: str | Path | Image.Image) -> torch.Tensor:
+        """One image through the preprocessing; a file whose header reads but whose data does not (a truncated or
+        corrupt JPEG) named in a one-line error."""
+        try:
+            return self.transform(image)
+        except OSError as e:
+            if isinstance(image, (str, Path)):
+                raise ConfigError(f"images: {image} cannot be decoded ({e}); replace or remove the file") from None
+            raise
 
     def __call__(
         self, images: Sequence[str | Path | Image.Image], topk: int = 5, batch_size: int = 32
@@ -195,7 +205,7 @@ def main(cfg: DictConfig) -> list[list[tuple[str, float]]]:
     """``python predict.py``: print the top-k classes of every image; return them.
 
     Raises:
-        ConfigError: no model given, no images, or class names that do not fit.
+        ConfigError: no model given, no images, an image that cannot be decoded, or class names that do not fit.
     """
     if OmegaConf.is_missing(cfg, "images") or not cfg.images:
         raise ConfigError("which images? pass images=<folder>, images=<file> or images=[a.jpg,b.png]")

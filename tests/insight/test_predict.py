@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -132,6 +133,21 @@ def test_predict_says_what_is_missing(tiny_cfg, tmp_path: Path) -> None:
     (tmp_path / "names.txt").write_text("a\nb\n")
     with pytest.raises(ConfigError, match="2 class names but the model has 10"):
         predict.resolve_class_names(10, file=tmp_path / "names.txt")
+
+
+def test_a_truncated_jpeg_is_named_in_one_line(tmp_path: Path) -> None:
+    """Its header reads (list_images lets it through); its data does not: PIL's OSError mid-run before."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(tmp_path / "whole.jpg")
+    data = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    files = predict.list_images(tmp_path)
+    predictor = predict.Predictor.from_model(create_model("vit_test", num_classes=3, img_size=16))
+    assert len(predictor(files[1:], topk=1)) == 1  # whole.jpg
+    with pytest.raises(ConfigError, match=rf"^images: {tmp_path}/cut.jpg cannot be decoded \(image file is truncated"):
+        predictor(files)
 
 
 def test_predict_cli(trained_run: Results, digit_images) -> None:
