@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -36,7 +37,7 @@ def test_frozen_parameters_are_left_out_and_decay_can_be_set() -> None:
 
 
 def test_warmup_then_cosine() -> None:
-    f = lambda s: warmup_decay(s, total_steps=110, warmup_steps=10)
+    f = functools.partial(warmup_decay, total_steps=110, warmup_steps=10)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(10) == pytest.approx(1.0)
     assert f(60) == pytest.approx(0.5)  # half way through the decay

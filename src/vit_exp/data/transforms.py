@@ -11,7 +11,6 @@ decoded) so that a transform that knows how many pixels it needs can let libjpeg
 from __future__ import annotations
 
 import functools
-
 import io
 import math
 import re
