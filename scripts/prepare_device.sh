@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Wheels for the GPU machine's bare image (Python 3.12, manylinux x86_64; torch, Lightning, timm, pytest,
+# Wheels for the GPU machine's bare image (Python 3.12, manylinux x86_64; torch, Lightning, timm, rich, pytest,
 # scikit-learn, matplotlib already there; no Hydra, no TorchCodec, no network), into the git-ignored wheels/
 # (< 64 MiB: what a device call may carry). Versions are this environment's, so the device runs what was tested here.
 #   bash scripts/prepare_device.sh [PYTHON]      then, on the device: python3 scripts/device_check.py

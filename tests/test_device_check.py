@@ -71,6 +71,18 @@ def test_parts_refuses_a_part_that_does_not_exist(capsys: pytest.CaptureFixture[
     assert e.value.code == 2 and "--parts device,bench9: no part bench9; choose from bench0," in capsys.readouterr().err
 
 
+def test_a_module_the_parts_need_and_this_machine_lacks_is_named_by_the_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bare image without a package the parts import fails the install with its name, once, instead of every
+    part failing with a ModuleNotFoundError in the tail of its output."""
+    monkeypatch.setattr(device_check, "SITE", tmp_path / "site")
+    monkeypatch.setattr(device_check, "NEEDED", ("vit_exp_probe", "rich", "vit_exp_not_here"))
+    part = device_check.install(_wheel(tmp_path / "wheels"), device_check.DRY)  # the probe comes from its wheel
+    assert part.status == "failed"
+    assert part.detail.startswith("not importable here: vit_exp_not_here; add them to scripts/prepare_device.sh")
+
+
 def test_only_wheels_for_this_python_are_installed() -> None:
     major, minor = sys.version_info[:2]
     ours, other = f"cp{major}{minor}", f"cp{major}{minor + 1}"

@@ -198,7 +198,23 @@ def install(wheels: Path, sizes: Sizes) -> Part:
     part.data["wheels"] = [w.name for w in found]
     if other:
         part.data["not_for_this_python"] = [w.name for w in other]
+    if part.status == "ok" and (missing := _missing(sizes)):  # named here, not as a traceback in each part's tail
+        part.status = "failed"
+        part.detail = f"not importable here: {', '.join(missing)}; add them to scripts/prepare_device.sh's wheels"
     return part
+
+
+# What the parts import, by module name: the image's (Lightning, timm, rich, ...) and the carried wheels'.
+NEEDED = ("hydra", "omegaconf", "lightning", "torchmetrics", "timm", "rich", "PIL", "sklearn", "matplotlib",
+          "safetensors", "torchcodec", "webdataset", "braceexpand")  # fmt: skip
+
+
+def _missing(sizes: Sizes) -> list[str]:
+    """The modules of ``NEEDED`` that the parts' interpreter (this one, with their PYTHONPATH) cannot find."""
+    probe = Part("probe")
+    code = f"import importlib.util as u; print(*[m for m in {NEEDED!r} if u.find_spec(m) is None])"
+    out = _run(probe, [sys.executable, "-c", code], sizes.boxes["install"])
+    return out.split() if probe.status == "ok" else [f"(the probe failed: {probe.detail})"]
 
 
 def _for_this_python(wheel: Path) -> bool:
