@@ -22,8 +22,9 @@ larger models), within a 480 s budget:
 Writes ``device_check.json`` and ``device_check.md`` to ``$OUT`` (or ``--out``) and, where a part did not pass,
 the command that runs only those again (``--parts device,bench4``: the install always runs, the JPEGs with the
 train.py parts), to fit a second try in what is left of the device time. ``--dry-run``: the same parts at tiny
-sizes on the CPU (vit_test, 32 px, a few steps), which a test runs. Only the standard library is imported
-here (and ``vit_exp.hw``, which imports nothing else): the parts run in child processes, after the install.
+sizes on the CPU (vit_test, 32 px, a few steps), which a test runs. The sizes, time boxes and needed modules are
+``vit_exp.device_plan``'s. Only the standard library is imported here (and ``vit_exp.hw`` and
+``vit_exp.device_plan``, which import nothing else): the parts run in child processes, after the install.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vit_exp.device_plan import DRY, NEEDED, REAL, Sizes
 from vit_exp.hw import shm_workers
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: src/vit_exp/device_check.py
@@ -57,80 +59,6 @@ class Part:
     seconds: float = 0.0
     detail: str = ""
     data: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Sizes:
-    """The sizes of a real check and of a dry run."""
-
-    pytest: list[str]
-    benches: list[list[str]]
-    checkpoint: list[str]
-    train_model: list[str]
-    img_size: int
-    images: int
-    image_side: int
-    batch: int
-    steps: int
-    workers: int
-    hw: list[str]
-    boxes: dict[str, int]
-
-
-B16 = ["--model", "vit_base_patch16_224", "--batch-size", "256", "--precision", "bf16"]
-REAL = Sizes(
-    pytest=["-m", "gpu", "tests"],
-    benches=[
-        B16,  # eager alone first: its figures (and timm's) survive a compiled run that overruns its box
-        [*B16, "--compile"],
-        ["--model", "vit_base_patch16_384", "--batch-size", "64", "--precision", "bf16", "--no-timm"],
-        ["--model", "vit_large_patch16_224", "--batch-size", "128", "--precision", "bf16", "--no-timm"],
-        [*B16, "--compile", "--compile-step", "--no-timm"],  # does compiling the loss and AdamW step pay?
-    ],
-    # does the background checkpoint writer pay where the step runs on a GPU? (~1 GB: B/16's weights and AdamW's)
-    checkpoint=[*B16, "--steps", "30", "--every", "10", "--rounds", "2"],
-    train_model=["model=vit_base_p16"],
-    img_size=224,
-    images=6000,
-    image_side=320,
-    batch=256,
-    steps=300,
-    workers=15,
-    hw=["hw=gpu", "compile=true"],
-    # seconds; the parts run in this order (the goals' figures first) and the whole stops at 480 s (--budget):
-    # what is left at the end (the larger models) is skipped, not the goals' figures
-    boxes={
-        "install": 60,
-        "bench0": 60,
-        "bench1": 170,
-        "jpegs": 40,
-        "host": 100,
-        "device": 100,
-        "pytest": 90,  # a cold compile of a ViT-S (test_cuda) and a short Lightning run (test_host_sync)
-        "checkpoint": 60,
-        "bench4": 150,
-        "bench2": 40,
-        "bench3": 40,
-    },
-)
-DRY = Sizes(
-    pytest=["-m", "gpu", "tests/test_device_check.py"],
-    benches=[
-        ["--model", "vit_tiny_patch16_224", "--img-size", "32", "--batch-size", "2", "--iters", "1", "--rounds", "1"]
-        + ["--warmup", "1", "--device", "cpu", "--no-timm"]
-    ],
-    checkpoint=["--model", "vit_tiny_patch16_224", "--img-size", "32", "--batch-size", "2", "--steps", "2"]
-    + ["--every", "1", "--rounds", "1", "--device", "cpu"],
-    train_model=["model=vit_test"],
-    img_size=32,
-    images=40,
-    image_side=40,
-    batch=8,
-    steps=4,
-    workers=0,
-    hw=["hw=cpu"],
-    boxes={"install": 60, "bench0": 60, "jpegs": 30, "host": 90, "device": 90, "pytest": 60, "checkpoint": 60},
-)
 
 
 def _env() -> dict[str, str]:
@@ -202,11 +130,6 @@ def install(wheels: Path, sizes: Sizes) -> Part:
         part.status = "failed"
         part.detail = f"not importable here: {', '.join(missing)}; add them to scripts/prepare_device.sh's wheels"
     return part
-
-
-# What the parts import, by module name: the image's (Lightning, timm, rich, ...) and the carried wheels'.
-NEEDED = ("hydra", "omegaconf", "lightning", "torchmetrics", "timm", "rich", "PIL", "sklearn", "matplotlib",
-          "safetensors", "torchcodec", "webdataset", "braceexpand")  # fmt: skip
 
 
 def _missing(sizes: Sizes) -> list[str]:
