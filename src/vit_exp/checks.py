@@ -146,7 +146,7 @@ def check_hardware(trainer_cfg: DictConfig) -> None:
     devices = trainer_cfg.get("devices")
     asked = read_devices(devices) or Devices()  # a form Lightning does not take: refused by validate() first
     if accelerator == "tpu" or strategy in ("xla", "single_xla"):
-        _check_xla(trainer_cfg)
+        _check_xla(trainer_cfg, asked)
     if accelerator in ("gpu", "cuda"):
         import torch
 
@@ -181,8 +181,9 @@ def check_hardware(trainer_cfg: DictConfig) -> None:
         )
 
 
-def _check_xla(trainer_cfg: DictConfig) -> None:
-    """torch_xla is here, with TPU devices, and the device count, strategy and precision are ones XLA runs."""
+def _check_xla(trainer_cfg: DictConfig, asked: Devices) -> None:
+    """torch_xla is here, with TPU devices, and the device count (``asked``: ``trainer.devices`` read), strategy and
+    precision are ones XLA runs."""
     from vit_exp.compat import xla_available
     from vit_exp.xla import PRECISIONS as XLA_PRECISIONS
 
@@ -203,8 +204,7 @@ def _check_xla(trainer_cfg: DictConfig) -> None:
             "hw=tpu runs on torch_xla and needs TPU devices; this machine has none. "
             "The rest of the config is valid: run the same command on a TPU VM, or choose hw=gpu or hw=cpu"
         )
-    found, devices = XLAAccelerator.auto_device_count(), trainer_cfg.get("devices")
-    count = (read_devices(devices) or Devices()).count
+    found, devices, count = XLAAccelerator.auto_device_count(), trainer_cfg.get("devices"), asked.count
     if count is not None and count not in (1, found):
         raise HardwareError(
             f"trainer.devices={devices}: XLA runs on one device or on all {found} of this host; set "
